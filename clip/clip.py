@@ -1,0 +1,242 @@
+"""Loading, preprocessing and tokenisation for OpenAI CLIP (Radford et al. 2021, arXiv:2103.00020).
+
+API-compatible with openai/CLIP's ``clip.clip`` (``load``, ``tokenize``, ``available_models``, ``_MODELS``,
+``_download``, ``_tokenizer``, ``_transform``, ``BICUBIC``), written from ``shared/specs/clip_model.md`` §2-§3.
+Robustness fixes over the reference (none changes results for the official files, spec §2.2):
+- plain state-dict files load (the reference reuses an exhausted file object and hits EOFError);
+- ``{"state_dict": ...}`` wrappers and ``module.`` prefixes are accepted;
+- downloads go to ``<file>.part`` and are renamed only after the SHA256 matches;
+- ``jit=True`` is not supported (TorchScript graph patching breaks on recent torch): it warns and loads the
+  eager model instead.
+Extras: ``load("tiny-vit")``/``load("tiny-rn")`` build seeded random tiny models (``clip/tiny.py``) offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+import warnings
+from functools import lru_cache
+from typing import Iterable, Optional, Union
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+from tqdm import tqdm
+
+from .model import ARCHIVE_EXTRA_KEYS, CLIP, build_model
+from .simple_tokenizer import SimpleTokenizer
+from .tiny import tiny_state_dict
+
+try:
+    from torchvision.transforms import InterpolationMode
+
+    BICUBIC = InterpolationMode.BICUBIC
+except ImportError:  # torchvision < 0.9
+    BICUBIC = Image.BICUBIC
+
+__all__ = ["available_models", "load", "tokenize", "decode", "encode", "get_tokenizer", "build_model"]
+logger = logging.getLogger(__name__)
+
+_URL_ROOT = "https://openaipublic.azureedge.net/clip/models"
+# name -> (full SHA256 of the file, file name); the URL is <root>/<sha256>/<file> (spec §2.1).
+_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt"),
+    "RN101": ("8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt"),
+    "RN50x4": ("7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt"),
+    "RN50x16": ("52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt"),
+    "RN50x64": ("be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt"),
+    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),
+    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
+    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
+    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
+}
+_MODELS: dict[str, str] = {name: f"{_URL_ROOT}/{sha}/{file}" for name, (sha, file) in _CHECKPOINTS.items()}
+# Offline tiny models: load name -> clip.tiny architecture key.
+_TINY_MODELS: dict[str, str] = {"tiny-vit": "vit", "tiny-rn": "rn"}
+_DEFAULT_ROOT = os.path.expanduser("~/.cache/clip")
+_CHUNK_BYTES = 1 << 20
+# Image statistics CLIP was trained with (spec §2.3).
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CONTEXT_LENGTH = 77  # text context of every released CLIP
+
+
+def available_models() -> list[str]:
+    """Names of the nine released OpenAI CLIP models."""
+    return list(_MODELS)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, root: str = _DEFAULT_ROOT) -> str:
+    """Download ``url`` into ``root`` (unless a verified copy is there) and return the file path.
+
+    The bytes stream into ``<file>.part``, whose SHA256 must equal the hash in the URL before it is renamed
+    to ``<file>``; on a mismatch or an interrupted download no partial file is left behind.
+    """
+    os.makedirs(root, exist_ok=True)
+    filename = os.path.basename(url)
+    expected = url.split("/")[-2]
+    target = os.path.join(root, filename)
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise RuntimeError(f"{target} exists and is not a regular file; remove it and retry")
+    if os.path.isfile(target):
+        if _sha256(target) == expected:
+            return target
+        logger.warning("%s exists but its SHA256 is not %s; downloading it again", target, expected)
+    partial = target + ".part"
+    try:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url) as source, open(partial, "wb") as out:
+            total = int(source.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc=filename) as bar:
+                for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != expected:
+            raise RuntimeError(f"{filename}: SHA256 checksum mismatch for download from {url} (expected {expected}, "
+                               f"got {digest.hexdigest()}); nothing was saved, retry or download it manually")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def _unwrap_state_dict(obj: object, path: str) -> dict[str, Tensor]:
+    """Accept a state dict, a ``{"state_dict": ...}`` wrapper or a ScriptModule; strip a ``module.`` prefix."""
+    if isinstance(obj, torch.jit.ScriptModule):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or "text_projection" not in obj and "module.text_projection" not in obj:
+        raise RuntimeError(f"{path}: not a CLIP state dict (no 'text_projection' key); expected an OpenAI "
+                           "TorchScript archive or a state dict in OpenAI key layout")
+    if all(key.startswith("module.") for key in obj):
+        obj = {key[len("module."):]: value for key, value in obj.items()}
+    return obj
+
+
+def _load_state_dict(path: str) -> dict[str, Tensor]:
+    """State dict of an OpenAI TorchScript archive or of a plain ``torch.save`` file, on the CPU."""
+    try:
+        with warnings.catch_warnings():  # the official files are TorchScript; its deprecation is not actionable
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+            archive = torch.jit.load(path, map_location="cpu")
+    except RuntimeError:  # not TorchScript: a plain state dict (reopened by path, unlike the reference)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        # A traced vlprompt model also stores the causal-mask buffers (tracing drops "non-persistent").
+        obj = {k: v for k, v in archive.state_dict().items() if not k.endswith(".attn_mask")}
+    state_dict = _unwrap_state_dict(obj, path)
+    return {k: v for k, v in state_dict.items() if k not in ARCHIVE_EXTRA_KEYS}
+
+
+def _convert_image_to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def _transform(n_px: int) -> Compose:
+    """Eval preprocessing: bicubic resize of the short side, center crop, RGB, tensor, CLIP normalisation."""
+    return Compose([
+        Resize(n_px, interpolation=BICUBIC),
+        CenterCrop(n_px),
+        _convert_image_to_rgb,  # after resize and crop, as the reference (matters for P/L/RGBA/CMYK images)
+        ToTensor(),
+        Normalize(OPENAI_MEAN, OPENAI_STD),
+    ])
+
+
+def load(
+    name: str,
+    device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
+    jit: bool = False,
+    download_root: Optional[str] = None,
+) -> tuple[CLIP, Compose]:
+    """Load a CLIP model and its eval preprocessing.
+
+    Args:
+        name: one of ``available_models()`` (downloaded and SHA256-checked), ``"tiny-vit"``/``"tiny-rn"``
+            (seeded random tiny models, no download), or a path to an OpenAI TorchScript archive or a
+            ``torch.save`` state dict in OpenAI key layout (e.g. a pre-trained tiny model ``.pth``).
+        device: where to put the model.  Exactly ``"cpu"`` gives fp32 weights; any other device keeps the
+            reference fp16 recipe.
+        jit: unsupported; ``True`` logs a warning and loads the eager model.
+        download_root: cache directory for downloads, default ``~/.cache/clip``.
+
+    Returns:
+        ``(model, preprocess)``: the model in eval mode and a PIL -> tensor transform.
+    """
+    if jit:
+        logger.warning("clip.load(jit=True) is not supported (TorchScript patching breaks on recent torch, "
+                       "shared/specs/clip_model.md §2.2); loading the eager model instead")
+    if name in _TINY_MODELS:
+        state_dict = tiny_state_dict(_TINY_MODELS[name])
+    elif name in _MODELS:
+        state_dict = _load_state_dict(_download(_MODELS[name], download_root or _DEFAULT_ROOT))
+    elif os.path.isfile(name):
+        state_dict = _load_state_dict(name)
+    else:
+        raise RuntimeError(f"Model {name} not found; available models = {available_models()}, "
+                           f"tiny models = {list(_TINY_MODELS)}, or pass a path to a .pt/.pth file")
+    model = build_model(state_dict).to(device)
+    if str(device) == "cpu":
+        model.float()
+    return model, _transform(model.visual.input_resolution)
+
+
+@lru_cache(maxsize=None)
+def get_tokenizer() -> SimpleTokenizer:
+    """The shared tokenizer (built on first use): ``.encoder`` maps token strings to ids, ``.decoder`` back."""
+    return SimpleTokenizer()
+
+
+def __getattr__(name: str) -> SimpleTokenizer:  # PEP 562: `clip.clip._tokenizer` without loading it at import
+    if name == "_tokenizer":
+        return get_tokenizer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def encode(text: str) -> list[int]:
+    """BPE ids of ``text`` without SOT/EOT."""
+    return get_tokenizer().encode(text)
+
+
+def decode(ids: Union[Tensor, Iterable[int]]) -> str:
+    """Text of a 1-D id sequence (OpenAI semantics: specials and padding are kept, word ends become spaces)."""
+    if isinstance(ids, Tensor):
+        ids = ids.tolist()
+    return get_tokenizer().decode(ids)
+
+
+def tokenize(texts: Union[str, list[str]], context_length: int = CONTEXT_LENGTH, truncate: bool = False) -> Tensor:
+    """Token ids ``(n_texts, context_length)`` int32: SOT, BPE ids, EOT, zero padding.
+
+    Raises RuntimeError when a text does not fit, unless ``truncate`` (then the last kept id is EOT).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    tokenizer = get_tokenizer()
+    sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+    result = torch.zeros(len(texts), context_length, dtype=torch.int)
+    for i, text in enumerate(texts):
+        ids = [sot] + tokenizer.encode(text) + [eot]
+        if len(ids) > context_length:
+            if not truncate:
+                raise RuntimeError(f"Input {text!r} is too long for context length {context_length} ({len(ids)} "
+                                   "tokens with SOT/EOT); shorten it or pass truncate=True")
+            ids = ids[:context_length]
+            ids[-1] = eot
+        result[i, :len(ids)] = torch.tensor(ids, dtype=torch.int)
+    return result

@@ -1,0 +1,15 @@
+"""ImageNetA: Hendrycks et al., "Natural Adversarial Examples" (CVPR 2021),
+https://github.com/hendrycks/natural-adv-examples.
+
+200 wnid folders under ``imagenet-a/`` (7,500 test images); evaluated as a 200-way problem with
+labels 0..199 in sorted wnid order (../shared/specs/coop_family.md §12 item 9).
+"""
+from dassl.data.datasets import DATASET_REGISTRY
+
+from .imagenet_variants import ImageNetVariant
+
+
+@DATASET_REGISTRY.register()
+class ImageNetA(ImageNetVariant):
+    dataset_dir = "imagenet-adversarial"
+    image_folder = "imagenet-a"

@@ -1,0 +1,15 @@
+"""ImageNetR: Hendrycks et al., "The Many Faces of Robustness" (ICCV 2021),
+https://github.com/hendrycks/imagenet-r.
+
+200 wnid folders under ``imagenet-r/`` (30,000 test images); evaluated as a 200-way problem with
+labels 0..199 in sorted wnid order (../shared/specs/coop_family.md §12 item 9).
+"""
+from dassl.data.datasets import DATASET_REGISTRY
+
+from .imagenet_variants import ImageNetVariant
+
+
+@DATASET_REGISTRY.register()
+class ImageNetR(ImageNetVariant):
+    dataset_dir = "imagenet-rendition"
+    image_folder = "imagenet-r"

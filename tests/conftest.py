@@ -1,0 +1,18 @@
+"""Shared test setup: the repo root on sys.path, quiet env dump, and a session data root."""
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+# The PyTorch environment report takes seconds per run; tests never read it.
+os.environ.setdefault("VLPROMPT_SKIP_ENV_INFO", "1")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> str:
+    """One DATASET.ROOT for the session, so the synthetic dataset is drawn once."""
+    return str(tmp_path_factory.mktemp("data"))
