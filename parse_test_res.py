@@ -7,6 +7,7 @@
 
 A seed folder holds ``log.txt``; its metric is the last ``* <keyword>: X%`` line after the end
 marker (``Finish training`` or the older ``Finished training``; ``=> result`` with ``--test-log``).
+A run that was resumed logs to ``log.txt-<timestamp>``: the newest log with a result counts.
 ``--table`` reads the config dump of every ``log.txt`` below the folder and groups runs by
 dataset × trainer × config × shots × subsample; base/new pairs also get their harmonic mean.
 """
@@ -46,6 +47,22 @@ def parse_log(fpath: str, keyword: str, end_markers) -> Optional[float]:
     return value
 
 
+def run_logs(run_dir: str) -> List[str]:
+    """``log.txt`` then the ``log.txt-<timestamp>`` files of later (resumed) runs, oldest first."""
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith("log.txt-"))
+    base = [osp.join(run_dir, "log.txt")] if osp.isfile(osp.join(run_dir, "log.txt")) else []
+    return base + [osp.join(run_dir, n) for n in names]
+
+
+def parse_run(run_dir: str, keyword: str, end_markers) -> Tuple[Optional[float], Optional[str]]:
+    """The metric of the newest log in ``run_dir`` that has one (a resumed run writes a new log)."""
+    for fpath in reversed(run_logs(run_dir)):
+        value = parse_log(fpath, keyword, end_markers)
+        if value is not None:
+            return value, fpath
+    return None, None
+
+
 def compute_ci95(res) -> float:
     return 1.96 * np.std(res) / np.sqrt(len(res))
 
@@ -56,13 +73,14 @@ def parse_function(*metrics, directory: str = "", args=None, end_markers=END_MAR
     subdirs = sorted(d for d in os.listdir(directory) if not d.startswith("."))
     outputs = []
     for subdir in subdirs:
-        fpath = osp.join(directory, subdir, "log.txt")
-        if not osp.isfile(fpath):
-            raise FileNotFoundError(f"{fpath} is missing (every sub-folder of {directory} must be a run folder)")
-        output = OrderedDict(file=fpath)
+        run_dir = osp.join(directory, subdir)
+        if not osp.isfile(osp.join(run_dir, "log.txt")):
+            raise FileNotFoundError(f"{run_dir}/log.txt is missing (every sub-folder of {directory} must be a run folder)")
+        output = OrderedDict(file=osp.join(run_dir, "log.txt"))
         for metric in metrics:
-            value = parse_log(fpath, metric["keyword"], end_markers)
+            value, fpath = parse_run(run_dir, metric["keyword"], end_markers)
             if value is not None:
+                output["file"] = fpath
                 output[metric["name"]] = value
         if len(output) > 1:
             outputs.append(output)
@@ -149,8 +167,7 @@ def collect_table(root: str, keyword: str) -> List[dict]:
     for dirpath, _, filenames in os.walk(root):
         if "log.txt" not in filenames:
             continue
-        fpath = osp.join(dirpath, "log.txt")
-        value = parse_log(fpath, keyword, END_MARKERS_TRAIN + END_MARKERS_TEST)
+        value, fpath = parse_run(dirpath, keyword, END_MARKERS_TRAIN + END_MARKERS_TEST)
         if value is not None:
             groups[_run_key(fpath, root)].append(value)
     rows = []

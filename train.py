@@ -19,7 +19,15 @@ import sys
 import torch
 
 from dassl.engine import build_trainer
-from dassl.utils import UnreadableImageError, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import (
+    UnreadableImageError,
+    collect_env_info,
+    destroy_distributed,
+    init_distributed,
+    is_main_process,
+    set_random_seed,
+    setup_logger,
+)
 
 logger = logging.getLogger("train")
 
@@ -44,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", type=str, default="", help="name of head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    parser.add_argument("--init-from", type=str, default="",
+                        help="LangevinCoOp phase 2: phase-1 prompt checkpoint (TRAINER.LANGEVINCOOP.INIT_FROM)")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
@@ -113,6 +123,8 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    if args.init_from:
+        cfg.TRAINER.LANGEVINCOOP.INIT_FROM = args.init_from
 
 
 def setup_cfg(args):
@@ -140,7 +152,11 @@ def print_args(args, cfg) -> None:
 
 def main(args) -> None:
     cfg = setup_cfg(args)
-    setup_logger(cfg.OUTPUT_DIR)
+    init_distributed(use_cuda=cfg.USE_CUDA)  # torchrun: one process per GPU (or gloo on CPU)
+    if is_main_process():
+        setup_logger(cfg.OUTPUT_DIR)
+    else:
+        setup_logger(None, level=logging.WARNING)  # only rank 0 writes log.txt
     if cfg.SEED >= 0:
         logger.info(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -169,6 +185,7 @@ def cli(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         main(args)
+        destroy_distributed()
     except USER_ERRORS as err:
         if os.environ.get("VLPROMPT_DEBUG") == "1":
             raise

@@ -32,3 +32,4 @@ from . import (  # noqa: E402,F401
 
 # the seed notebook's Flowers102, CIFAR-LT (LangevinCoOp) and COCO-LT / VOC-LT (LMPT)
 from . import cifar_lt, coco_lt, flowers102, voc_lt  # noqa: E402,F401
+from . import synthetic_multilabel  # noqa: E402,F401

@@ -159,7 +159,8 @@ class CIFARLongTail(DatasetBase):
         for filename in files:
             path = osp.join(self.data_dir, filename)
             if not osp.isfile(path):
-                raise DatasetNotFoundError(f"{type(self).__name__}: {path} not found — see {DATASETS_DOC}#{type(self).__name__.lower()}")
+                name = type(self).__name__
+                raise DatasetNotFoundError(f"{name}: {path} not found — see {DATASETS_DOC}#{name.lower()}")
             batch = load_cifar_pickle(path)
             rows.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3 * CIFAR_SIDE * CIFAR_SIDE))
             labels.append(np.asarray(batch[self.label_key], dtype=np.int64))

@@ -24,7 +24,7 @@ class FGVCAircraft(CoOpDataset):
         with open(self._require("variants.txt", "class-name file")) as f:
             classnames = [line.strip() for line in f if line.strip()]
         cname2lab = {c: i for i, c in enumerate(classnames)}
-        train, val, test = (self._read_list(f"images_variant_{split}.txt", cname2lab) for split in ("train", "val", "test"))
+        train, val, test = (self._read_list(f"images_variant_{s}.txt", cname2lab) for s in ("train", "val", "test"))
         return train, val, test
 
     def _read_list(self, relpath: str, cname2lab: Dict[str, int]) -> List[Datum]:

@@ -40,7 +40,8 @@ class Flowers102(DatasetBase):
     def __init__(self, cfg):
         from scipy.io import loadmat
 
-        self.dataset_dir = require_path(osp.join(dataset_root(cfg), type(self).dataset_dir), "Flowers102", "dataset folder")
+        root = dataset_root(cfg)
+        self.dataset_dir = require_path(osp.join(root, type(self).dataset_dir), "Flowers102", "dataset folder")
         self.image_dir = require_path(osp.join(self.dataset_dir, "jpg"), "Flowers102", "image folder")
         setid = loadmat(self._require("setid.mat"), squeeze_me=True)
         labels = loadmat(self._require("imagelabels.mat"), squeeze_me=True)["labels"]

@@ -52,7 +52,8 @@ def read_wnid_folders(image_dir: str, classnames: Dict[str, str], dataset: str) 
     items = []
     for label, wnid in enumerate(folders):
         if wnid not in classnames:
-            raise ValueError(f"{dataset}: folder {osp.join(image_dir, wnid)} has no line in classnames.txt — see DATASETS.md#{dataset.lower()}")
+            raise ValueError(f"{dataset}: folder {osp.join(image_dir, wnid)} has no line in classnames.txt — "
+                             f"see DATASETS.md#{dataset.lower()}")
         folder = osp.join(image_dir, wnid)
         for imname in sorted(listdir_nohidden(folder)):
             items.append(Datum(impath=osp.join(folder, imname), label=label, classname=classnames[wnid]))
@@ -64,7 +65,8 @@ class ImageNet(DatasetBase):
     dataset_dir = "imagenet"
 
     def __init__(self, cfg):
-        self.dataset_dir = require_path(osp.join(dataset_root(cfg), type(self).dataset_dir), "ImageNet", "dataset folder")
+        root = dataset_root(cfg)
+        self.dataset_dir = require_path(osp.join(root, type(self).dataset_dir), "ImageNet", "dataset folder")
         self.image_dir = osp.join(self.dataset_dir, "images")
         self.preprocessed = osp.join(self.dataset_dir, "preprocessed.pkl")
         if osp.exists(self.preprocessed):

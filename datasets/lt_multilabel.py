@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -133,7 +133,7 @@ class MultiLabelLongTail(DatasetBase):
     def _require(self, filename: str) -> str:
         return require_path(osp.join(self.list_dir, filename), type(self).__name__, "list file")
 
-    def _make_data(self, entries: Sequence[ListEntry], captions: Dict[str, str] = None) -> List[Datum]:
+    def _make_data(self, entries: Sequence[ListEntry], captions: Optional[Dict[str, str]]) -> List[Datum]:
         items = []
         for relpath, labels in entries:
             classname = ",".join(self.CLASSNAMES[c] for c in labels)

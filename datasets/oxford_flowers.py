@@ -40,7 +40,8 @@ class OxfordFlowers(CoOpDataset):
             n_train = round(len(impaths) * P_TRAIN)
             n_val = round(len(impaths) * P_VAL)
             if min(n_train, n_val, len(impaths) - n_train - n_val) <= 0:
-                raise ValueError(f"OxfordFlowers: label {label} has too few images ({len(impaths)}) for a 50/20/30 split")
+                raise ValueError(f"OxfordFlowers: label {label} has too few images ({len(impaths)}) "
+                                 f"for a 50/20/30 split")
             cname = lab2cname[str(label)]
             for split, chunk in ((train, impaths[:n_train]), (val, impaths[n_train:n_train + n_val]),
                                  (test, impaths[n_train + n_val:])):

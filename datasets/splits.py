@@ -113,7 +113,9 @@ def read_and_split_data(
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = osp.join(image_dir, category)
-        images = [osp.join(category_dir, im) for im in listdir_nohidden(category_dir)]
+        # Sorted so a split built here is the same on every machine (CoOp used the filesystem
+        # order; its shipped split JSONs make that irrelevant whenever they exist).
+        images = [osp.join(category_dir, im) for im in listdir_nohidden(category_dir, sort=True)]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)

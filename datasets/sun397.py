@@ -48,7 +48,8 @@ class SUN397(CoOpDataset):
                     continue
                 class_key = osp.dirname(imname)
                 if class_key not in cname2lab:
-                    raise ValueError(f"SUN397: class {class_key!r} of {imname} in {path} is not listed in ClassName.txt")
+                    raise ValueError(f"SUN397: class {class_key!r} of {imname} in {path} "
+                                     f"is not listed in ClassName.txt")
                 impath = osp.join(self.image_dir, imname)
                 items.append(Datum(impath=impath, label=cname2lab[class_key], classname=display_name(class_key)))
         return items

@@ -307,7 +307,7 @@ def make_flowers102(root: str) -> Miniature:
                 write_image(osp.join(d, "jpg", f"image_{image_id:05d}.jpg"))
     savemat(osp.join(d, "imagelabels.mat"), {"labels": np.array([labels], dtype=np.uint8)})
     savemat(osp.join(d, "setid.mat"), {k: np.array([v], dtype=np.uint16) for k, v in ids.items()})
-    return Miniature("Flowers102", FLOWERS102_NAMES, (20, 15, 15), d)
+    return Miniature("Flowers102", FLOWERS102_NAMES, (20, 15, 15), d, extra={"labels": FLOWERS102_LABELS})
 
 
 # ----------------------------------------------------------------------------- CIFAR pickles
@@ -386,3 +386,6 @@ COOP_BUILDERS: Dict[str, Callable[[str], Miniature]] = {
     "ImageNetR": make_imagenet_r,
     "Flowers102": make_flowers102,
 }
+
+# every reader delivered with the dataset issue: the CoOp suite + Flowers102, CIFAR-LT, COCO-LT / VOC-LT
+ALL_DATASETS = tuple(COOP_BUILDERS) + ("CIFAR10LT", "CIFAR100LT", "COCOLT", "VOCLT")

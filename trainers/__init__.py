@@ -1,2 +1,5 @@
 """Every method registers itself in ``TRAINER_REGISTRY`` when this package is imported."""
+from .common import feature_cache  # noqa: F401  (registers TEST.FEATURE_CACHE keys)
 from . import vanilla  # noqa: F401
+from . import zsclip, coop, cocoop  # noqa: F401,E401
+from . import langevin_coop  # noqa: F401

@@ -92,6 +92,12 @@ _C.DATALOADER.TRAIN_U.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_U.BATCH_SIZE = 32
 _C.DATALOADER.TRAIN_U.N_DOMAIN = 0
 _C.DATALOADER.TRAIN_U.N_INS = 16
+# vlprompt additions (not in upstream Dassl):
+# Keep DataLoader workers alive between epochs (only with NUM_WORKERS > 0)
+_C.DATALOADER.PERSISTENT_WORKERS = False
+# Keep decoded images in memory when a split has at most this many images (0 disables); the
+# transform still runs on every access, so results are unchanged
+_C.DATALOADER.CACHE_IMAGES_MAX = 0
 _C.DATALOADER.TEST = CN()
 _C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
 _C.DATALOADER.TEST.BATCH_SIZE = 32

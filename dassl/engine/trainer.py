@@ -26,6 +26,11 @@ from dassl.modeling import build_backbone, build_head
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import (
     AverageMeter,
+    all_gather_object,
+    average_gradients,
+    get_world_size,
+    is_distributed,
+    is_main_process,
     MetricMeter,
     count_num_param,
     load_checkpoint,
@@ -127,6 +132,8 @@ class TrainerBase:
         return names
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        if not is_main_process():  # one writer under torchrun; every rank holds the same weights
+            return
         rng_state = get_rng_state()
         for name in self.get_model_names():
             model_dict = self._models[name].state_dict()
@@ -210,7 +217,7 @@ class TrainerBase:
             raise FloatingPointError("Loss is infinite or NaN!")
 
     def init_writer(self, log_dir):
-        if self.__dict__.get("_writer") is None:
+        if self.__dict__.get("_writer") is None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
             logger.info(f"Initialize tensorboard (log_dir={log_dir})")
@@ -273,6 +280,13 @@ class TrainerBase:
     def model_backward(self, loss):
         self.detect_anomaly(loss)
         loss.backward()
+        self.sync_gradients()
+
+    def sync_gradients(self, names=None):
+        """Average gradients over ranks under torchrun (no-op in a single process)."""
+        if get_world_size() > 1:
+            for name in self.get_model_names(names):
+                average_gradients([p for p in self._models[name].parameters() if p.requires_grad])
 
     def model_update(self, names=None):
         for name in self.get_model_names(names):
@@ -292,7 +306,7 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda")
+            self.device = torch.device("cuda", torch.cuda.current_device()) if is_distributed() else torch.device("cuda")
         else:
             self.device = torch.device("cpu")
         self.start_epoch = self.epoch = 0
@@ -385,10 +399,19 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         logger.info(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader, desc=f"eval {split}", leave=False):
+        outputs = []
+        for batch in tqdm(data_loader, desc=f"eval {split}", leave=False, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
-            self.evaluator.process(output, label)
+            if is_distributed():
+                outputs.append((output.cpu(), label.cpu()))
+            else:
+                self.evaluator.process(output, label)
+        if is_distributed():
+            # Each rank evaluated a contiguous block; rank order restores the dataset order.
+            for rank_outputs in all_gather_object(outputs):
+                for output, label in rank_outputs:
+                    self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)

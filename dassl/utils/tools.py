@@ -104,7 +104,7 @@ def read_image(path: str) -> Image.Image:
     try:
         return Image.open(path).convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
-        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+        raise UnreadableImageError(f"cannot read image {path}: {err} — re-download it (see DATASETS.md)") from err
 
 
 def collect_env_info() -> str:

@@ -1,0 +1,132 @@
+"""Loading CLIP for the prompt trainers, and the fp16 / fp32 / amp precision recipes.
+
+Written once for every method (``shared/specs/coop_family.md`` §4.1, §4.5; STYLE.md §3). CoOp's
+``load_clip_to_cpu(cfg)`` becomes ``load_clip_to_cpu(backbone_name)``: it takes what ``clip.load`` takes (an
+OpenAI name, ``tiny-vit``/``tiny-rn``, or a path) plus the names in ``PRETRAINED_TINY`` — tiny CLIPs that
+``clip/pretrain_tiny.py`` pre-trained on synthetic shapes, stored under ``pretrained_dir()``.
+
+Precision (CoOp's ``TRAINER.<NAME>.PREC``):
+- ``fp16``: the reference recipe — conv/linear/attention weights and projections in half precision, CLIP
+  computes in fp16 and the learnable modules are half too.  On a CPU this falls back to ``fp32`` with a
+  warning (fp16 matmuls are slow or missing there).
+- ``fp32``: everything in fp32.
+- ``amp``: CLIP and the learnable modules in fp32; the training forward runs under ``torch.autocast`` with
+  a ``GradScaler`` (CUDA only; on a CPU it falls back to ``fp32`` with a warning).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+import clip
+from clip.clip import _MODELS, _TINY_MODELS
+from clip.model import CLIP, convert_weights
+from clip.tiny import TINY_CONFIGS
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "fp32", "amp")
+# Registered pre-trained tiny CLIPs: backbone name -> (file name under pretrained_dir(), tiny architecture).
+PRETRAINED_TINY: dict[str, tuple[str, str]] = {
+    "tiny-vit-synthetic": ("tiny-vit-synthetic.pth", "vit"),
+    "tiny-rn-synthetic": ("tiny-rn-synthetic.pth", "rn"),
+}
+PRETRAINED_DIR_ENV = "VLPROMPT_PRETRAINED_DIR"  # overrides where PRETRAINED_TINY files are looked up
+# Image side length of each named model (clip_model.md §1; the tiny ones from clip/tiny.py), so a wrong
+# INPUT.SIZE fails in check_cfg, before any weights load.
+INPUT_RESOLUTIONS: dict[str, int] = {
+    "RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448,
+    "ViT-B/32": 224, "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336,
+    **{name: TINY_CONFIGS[arch]["image_resolution"] for name, arch in _TINY_MODELS.items()},
+    **{name: TINY_CONFIGS[arch]["image_resolution"] for name, (_, arch) in PRETRAINED_TINY.items()},
+}
+_REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """``MODEL.BACKBONE.NAME`` names no known CLIP, tiny model or existing file."""
+
+
+def pretrained_dir() -> str:
+    """Folder of the pre-trained tiny CLIP files: ``$VLPROMPT_PRETRAINED_DIR`` or ``<repo>/output/pretrained``."""
+    return os.environ.get(PRETRAINED_DIR_ENV) or osp.join(_REPO_ROOT, "output", "pretrained")
+
+
+def pretrained_tiny_path(name: str) -> str:
+    """File that the registered pre-trained tiny CLIP ``name`` is stored in (it may not exist yet)."""
+    if name not in PRETRAINED_TINY:
+        raise KeyError(f"{name!r} is not a pre-trained tiny CLIP; choose one of {sorted(PRETRAINED_TINY)}")
+    return osp.join(pretrained_dir(), PRETRAINED_TINY[name][0])
+
+
+def available_backbones() -> list[str]:
+    """Every name ``load_clip_to_cpu`` accepts besides a file path."""
+    return list(_MODELS) + list(_TINY_MODELS) + list(PRETRAINED_TINY)
+
+
+def resolve_backbone(name: str) -> str:
+    """What ``clip.load`` should receive for ``MODEL.BACKBONE.NAME`` = ``name``; raises if it cannot exist.
+
+    OpenAI and tiny names pass through, a registered pre-trained tiny name becomes its file path, and any
+    other string must be an existing file.  Called from ``check_cfg``, i.e. before anything is loaded.
+    """
+    if name in _MODELS or name in _TINY_MODELS:
+        return name
+    if name in PRETRAINED_TINY:
+        path = pretrained_tiny_path(name)
+        if not osp.isfile(path):
+            raise BackboneNotFoundError(
+                f"MODEL.BACKBONE.NAME={name}: pre-trained file {path} is missing; create it with "
+                f"`python scripts/pretrain_tiny_clip.py --name {name}` (or set ${PRETRAINED_DIR_ENV})")
+        return path
+    if osp.isfile(osp.expanduser(name)):
+        return osp.expanduser(name)
+    raise BackboneNotFoundError(f"MODEL.BACKBONE.NAME={name!r} is neither a file nor one of "
+                                f"{available_backbones()}; fix --backbone or the config's MODEL.BACKBONE.NAME")
+
+
+def check_input_size(backbone_name: str, input_size: tuple, resolution: Optional[int] = None) -> None:
+    """Raise if ``INPUT.SIZE`` differs from the backbone's input resolution (known by name, or given)."""
+    resolution = resolution or INPUT_RESOLUTIONS.get(backbone_name)
+    if resolution is not None and tuple(input_size) != (resolution, resolution):
+        raise ValueError(f"INPUT.SIZE={tuple(input_size)} but {backbone_name} takes {resolution}x{resolution} "
+                         f"images; set INPUT.SIZE ({resolution}, {resolution}) in the trainer config")
+
+
+def load_clip_to_cpu(backbone_name: str) -> CLIP:
+    """CLIP on the CPU in fp32 and eval mode (``clip.load(..., device="cpu", jit=False)``).
+
+    The official weights are fp16 values, so fp32 here equals the reference's fp16 model upcast with
+    ``.float()``; ``cast_clip`` then applies the run's precision.
+    """
+    model, _ = clip.load(resolve_backbone(backbone_name), device="cpu", jit=False)
+    return model.eval()
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
+    """The precision actually used on ``device``: fp16 and amp need CUDA and fall back to fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        logger.warning(f"PREC={precision} needs a CUDA device; running in fp32 on {torch.device(device).type}")
+        return "fp32"
+    return precision
+
+
+def cast_clip(clip_model: CLIP, precision: str) -> CLIP:
+    """Apply a resolved precision in place: ``fp16`` -> OpenAI's half recipe, ``fp32``/``amp`` -> all fp32."""
+    if precision == "fp16":
+        convert_weights(clip_model)
+    else:
+        clip_model.float()
+    return clip_model
+
+
+def cast_learnable(module: nn.Module, clip_model: CLIP) -> nn.Module:
+    """Give a learnable module CLIP's dtype, as CoOp/CoCoOp do (half under fp16, fp32 under fp32 and amp)."""
+    return module.to(clip_model.dtype)

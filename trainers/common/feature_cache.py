@@ -1,0 +1,113 @@
+"""On-disk cache of frozen image features, shared across epochs, seeds, shots and trainers.
+
+A grid of runs with a frozen image encoder re-encodes the same evaluation images in every run;
+the physical limit is one encoder pass per image per backbone. An entry is keyed by everything
+that changes the features — the encoder weights (SHA-256 of its state dict), the dataset, the
+split, the ordered image list and labels, and the transform's repr — so any change makes a new
+entry. Entries are written to a temp file and renamed, so concurrent runs (a grid, torchrun
+ranks) never read a partial file: the last rename wins and every reader sees one valid file.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import os.path as osp
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode as CN
+
+from dassl.config import register_cfg_defaults
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    cfg.TEST.FEATURE_CACHE = CN()
+    # Reuse image features of evaluation splits across runs when the image encoder is frozen
+    cfg.TEST.FEATURE_CACHE.ENABLED = True
+    # Cache folder ("" = $VLPROMPT_CACHE/features or ~/.cache/vlprompt/features)
+    cfg.TEST.FEATURE_CACHE.DIR = ""
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("VLPROMPT_CACHE", osp.join(osp.expanduser("~"), ".cache", "vlprompt"))
+    return osp.join(base, "features")
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``module``'s state dict."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def items_digest(impaths: Sequence[str], labels: Iterable) -> str:
+    """SHA-256 of the ordered (path, label) list."""
+    h = hashlib.sha256()
+    for path, label in zip(impaths, labels):
+        h.update(f"{path}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Get-or-compute store of ``{"features": Tensor[N, D], "labels": Tensor[N...]}`` entries."""
+
+    def __init__(self, root: str = "", enabled: bool = True):
+        self.root = root or default_cache_dir()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def make_key(encoder_digest: str, dataset: str, split: str, image_digest: str, transform: str) -> str:
+        h = hashlib.sha256()
+        for part in (f"v{CACHE_FORMAT_VERSION}", encoder_digest, dataset, split, image_digest, transform):
+            h.update(part.encode())
+            h.update(b"\0")
+        return f"{dataset}-{split}-{h.hexdigest()[:32]}"
+
+    def path(self, key: str) -> str:
+        return osp.join(self.root, f"{key}.pt")
+
+    def load(self, key: str) -> Optional[Dict[str, torch.Tensor]]:
+        path = self.path(key)
+        if not self.enabled or not osp.exists(path):
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a corrupt entry is recomputed, never trusted
+            logger.warning(f"feature cache entry {path} is unreadable ({err}); recomputing it")
+            return None
+
+    def save(self, key: str, entry: Dict[str, torch.Tensor]) -> None:
+        if not self.enabled:
+            return
+        os.makedirs(self.root, exist_ok=True)
+        path = self.path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(entry, tmp)
+        os.replace(tmp, path)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Tuple[torch.Tensor, torch.Tensor]]
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) from the cache, or from ``compute()`` (then stored)."""
+        entry = self.load(key)
+        if entry is not None:
+            self.hits += 1
+            logger.info(f"Feature cache hit: {self.path(key)}")
+            return entry["features"], entry["labels"]
+        self.misses += 1
+        features, labels = compute()
+        if self.enabled:
+            logger.info(f"Feature cache miss: encoded {len(features)} images, saved to {self.path(key)}")
+            self.save(key, {"features": features.cpu(), "labels": labels.cpu()})
+        return features, labels

@@ -1,0 +1,243 @@
+"""``ClipPromptTrainer``: everything a CLIP prompt-learning trainer shares, written once (STYLE.md §3).
+
+CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", arXiv:2109.01134) and CoCoOp
+("Conditional Prompt Learning for Vision-Language Models", arXiv:2203.05557) repeat the same trainer code
+(``shared/specs/coop_family.md`` §4.5, §5.3); here it is one base class:
+
+- ``check_cfg``: ``TRAINER.<NODE>.PREC`` in fp16/fp32/amp, a loadable ``MODEL.BACKBONE.NAME`` and a matching
+  ``INPUT.SIZE`` — before CLIP loads.
+- ``build_model``: load CLIP on the CPU, apply the precision (fp16 -> fp32 with a warning on a CPU), call the
+  subclass's ``build_custom_clip(clip_model, classnames)``, freeze every parameter outside the submodules named
+  in ``LEARNABLE``, give those CLIP's dtype, optionally load ``MODEL.INIT_WEIGHTS``, and register each with its
+  own optimizer and scheduler (so each is switched train/eval, saved and loaded by name).
+- ``forward_backward``: one step around ``forward_train`` and ``compute_loss``; fp16/fp32 go through Dassl's
+  ``model_backward_and_update`` (non-finite loss check), amp through autocast + ``GradScaler``.
+- ``load_model``: drops the frozen class-name buffers of old-style checkpoints, then loads strictly.
+
+A method subclasses it like this::
+
+    @TRAINER_REGISTRY.register()
+    class MyMethod(ClipPromptTrainer):
+        LEARNABLE = ("prompt_learner",)        # attribute paths in the custom CLIP; all else is frozen
+
+        def check_cfg(self, cfg):
+            super().check_cfg(cfg)             # reads cfg.TRAINER.MYMETHOD.PREC
+            ...                                # one-line typed errors for the method's own keys
+
+        def build_custom_clip(self, clip_model, classnames):
+            learner = MyPromptLearner(classnames, clip_model, ...)
+            return PromptCLIP(learner, self.make_text_encoder(clip_model), clip_model)
+
+        def compute_loss(self, output, label):  # optional; default cross-entropy on logits
+            ...
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os.path as osp
+from typing import Any, ClassVar, ContextManager, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dassl.config import register_cfg_defaults
+from dassl.engine import TrainerX
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_checkpoint, load_pretrained_weights
+
+from .clip_loading import PRECISIONS, cast_clip, cast_learnable, check_input_size, load_clip_to_cpu, \
+    resolve_backbone, resolve_precision
+from .text_encoder import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    """Keys shared by every CLIP prompt trainer."""
+    # Crop the text transformer's input to the batch's last EOT position + 1: exact under causal attention
+    # (trainers/common/text_encoder.py) and faster; False runs all 77 positions, literally as CoOp does
+    cfg.MODEL.TEXT_ENCODER_TRUNCATE = True
+
+
+class ClipPromptTrainer(TrainerX):
+    """Base trainer for methods that adapt a frozen CLIP through a few learnable submodules.
+
+    Class attributes:
+        LEARNABLE: attribute paths (``get_submodule`` names) in the custom CLIP that are trained, registered,
+            checkpointed and loaded; every other parameter is frozen.  ``()`` means nothing is trained
+            (zero-shot).
+        CFG_NODE: the ``TRAINER.<CFG_NODE>`` subtree holding ``PREC``; "" means the class name upper-cased.
+        FROZEN_BUFFERS: state-dict key names (last dotted component) dropped before loading a checkpoint:
+            CoOp-era checkpoints carry the class-name embeddings, which we rebuild for the current classes.
+    """
+
+    LEARNABLE: ClassVar[Sequence[str]] = ("prompt_learner",)
+    CFG_NODE: ClassVar[str] = ""
+    FROZEN_BUFFERS: ClassVar[Sequence[str]] = ("token_prefix", "token_suffix")
+
+    precision: str = "fp32"
+    scaler: Optional[torch.amp.GradScaler] = None
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def cfg_node_name(cls) -> str:
+        """Name of the method's config subtree under ``TRAINER``."""
+        return cls.CFG_NODE or cls.__name__.upper()
+
+    def method_cfg(self, cfg=None):
+        """The ``TRAINER.<CFG_NODE>`` subtree of ``cfg`` (default: ``self.cfg``)."""
+        cfg = self.cfg if cfg is None else cfg
+        name = self.cfg_node_name()
+        if name not in cfg.TRAINER:
+            raise KeyError(f"config has no TRAINER.{name}; define it in the method's add_cfg_defaults")
+        return cfg.TRAINER[name]
+
+    def check_cfg(self, cfg) -> None:
+        """Precision, backbone and input size; subclasses add their own keys and call ``super().check_cfg``."""
+        prec = self.method_cfg(cfg).PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f"TRAINER.{self.cfg_node_name()}.PREC={prec!r}; choose one of {', '.join(PRECISIONS)}")
+        if not cfg.MODEL.BACKBONE.NAME:
+            raise ValueError(f"MODEL.BACKBONE.NAME is empty; {type(self).__name__} needs a CLIP backbone "
+                             "(e.g. --backbone ViT-B/16 or a configs/trainers/ YAML)")
+        resolve_backbone(cfg.MODEL.BACKBONE.NAME)
+        check_input_size(cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE)
+
+    # ------------------------------------------------------------------ model
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
+        """Return the method's model: ``images -> logits`` (or whatever ``compute_loss`` expects in training).
+
+        ``clip_model`` is on the CPU, in eval mode and already in the run's precision; the trainer moves
+        the returned module to the device and freezes everything outside ``LEARNABLE``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement build_custom_clip(clip_model, classnames)")
+
+    def make_text_encoder(self, clip_model: nn.Module) -> TextEncoder:
+        """The shared text tower, with EOT truncation from ``MODEL.TEXT_ENCODER_TRUNCATE``."""
+        return TextEncoder(clip_model, truncate_at_eot=self.cfg.MODEL.TEXT_ENCODER_TRUNCATE)
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        self.precision = resolve_precision(self.method_cfg().PREC, self.device)
+        logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = cast_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME), self.precision)
+        check_input_size(cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, clip_model.visual.input_resolution)
+        logger.info(f"Building custom CLIP ({type(self).__name__}, {self.precision})")
+        self.model = self.build_custom_clip(clip_model, classnames)
+        learnable = self.freeze_all_but_learnable(self.model)
+        for module in learnable.values():
+            cast_learnable(module, clip_model)
+        if cfg.MODEL.INIT_WEIGHTS:
+            if not learnable:
+                raise ValueError(f"MODEL.INIT_WEIGHTS is set but {type(self).__name__} has nothing to load it into")
+            load_pretrained_weights(next(iter(learnable.values())), cfg.MODEL.INIT_WEIGHTS)
+        self.model.eval()  # frozen towers stay in eval mode; registered modules get train() every epoch
+        self.model.to(self.device)
+        for name, module in learnable.items():
+            optim, sched = self.build_optimizer_and_scheduler(name, module)
+            self.register_model(name, module, optim, sched)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" else None
+
+    def freeze_all_but_learnable(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Set ``requires_grad`` only under the ``LEARNABLE`` paths; return those modules by name."""
+        learnable = {}
+        for name in self.LEARNABLE:
+            try:
+                learnable[name] = model.get_submodule(name)
+            except AttributeError as err:
+                raise AttributeError(f"{type(self).__name__}.LEARNABLE names {name!r}, which is not a submodule "
+                                     f"of {type(model).__name__}; fix LEARNABLE or build_custom_clip") from err
+        prefixes = tuple(f"{name}." for name in self.LEARNABLE)
+        trainable = []
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(param_name.startswith(prefixes))
+            if param.requires_grad:
+                trainable.append(param_name)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"Turning off gradients outside {list(self.LEARNABLE)}: {n_params:,} learnable parameters")
+        logger.debug(f"Parameters to be updated: {sorted(trainable)}")
+        return learnable
+
+    def build_optimizer_and_scheduler(self, name: str, module: nn.Module) -> tuple[Any, Any]:
+        """Optimizer and scheduler for one learnable module (default: Dassl's from ``cfg.OPTIM``)."""
+        optim = build_optimizer(module, self.cfg.OPTIM)
+        return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
+
+    # ------------------------------------------------------------------ training step
+    def parse_batch_train(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def autocast(self) -> ContextManager:
+        """fp16 autocast under amp (CUDA), a no-op otherwise."""
+        if self.precision == "amp":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def forward_train(self, image: Tensor, label: Tensor) -> Any:
+        """The training forward; default ``self.model(image)`` (logits)."""
+        return self.model(image)
+
+    def compute_loss(self, output: Any, label: Tensor) -> Tensor:
+        """Training loss of ``forward_train``'s output; default cross-entropy on logits."""
+        return F.cross_entropy(output, label)
+
+    def loss_summary(self, output: Any, label: Tensor, loss: Tensor) -> dict[str, float]:
+        """Meters for the progress line: ``loss`` and, when the output is logits, top-1 ``acc``."""
+        summary = {"loss": loss.item()}
+        if isinstance(output, Tensor) and output.dim() == 2:
+            summary["acc"] = compute_accuracy(output, label)[0].item()
+        return summary
+
+    def backward_and_update(self, loss: Tensor) -> None:
+        """Zero grads, backward, step every registered optimizer (scaled under amp); non-finite loss raises."""
+        if self.scaler is None:
+            self.model_backward_and_update(loss)
+            return
+        self.model_zero_grad()
+        self.detect_anomaly(loss)
+        self.scaler.scale(loss).backward()
+        for name in self.get_model_names():
+            if self._optims[name] is not None:
+                self.scaler.step(self._optims[name])
+        self.scaler.update()
+
+    def forward_backward(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            output = self.forward_train(image, label)
+            loss = self.compute_loss(output, label)
+        self.backward_and_update(loss)
+        summary = self.loss_summary(output, label, loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def drop_frozen_buffers(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``state_dict`` without the ``FROZEN_BUFFERS`` entries (matched on the last dotted component)."""
+        return {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in self.FROZEN_BUFFERS}
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load ``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) into each learnable module.
+
+        The class-name buffers are dropped (they belong to the classes the checkpoint was trained on), then
+        the rest loads strictly: a missing or unexpected key is an error, not a silent skip.
+        """
+        if not directory:
+            logger.info("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                hint = "pass --load-epoch" if epoch is None else "check --model-dir and --load-epoch"
+                raise FileNotFoundError(f'Model not found at "{model_path}"; {hint}')
+            checkpoint = load_checkpoint(model_path)
+            state_dict = self.drop_frozen_buffers(checkpoint["state_dict"])
+            logger.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            self._models[name].load_state_dict(state_dict, strict=True)

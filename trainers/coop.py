@@ -1,0 +1,76 @@
+"""CoOp: Context Optimization — learnable prompt context vectors for a frozen CLIP.
+
+Zhou, Yang, Loy, Liu, "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv:2109.01134.
+Reference: KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``; spec ``shared/specs/coop_family.md`` §4.
+
+The prompt ``[SOT] ctx_1..ctx_M name . [EOT]`` (generic or class-specific context, class token at the end,
+middle or front) goes through CLIP's frozen text tower; logits are CLIP's scaled cosine similarities and only
+``ctx`` is trained with cross-entropy.  The pieces live in ``trainers/common/`` (prompt learner, custom CLIP,
+trainer); this file holds CoOp's keys and choices.
+
+Deviations (same results): checkpoints hold only ``ctx`` (the class-name buffers are rebuilt per run; CoOp-era
+checkpoints that carry them still load, strictly); middle/front layouts are one gather instead of a loop; the
+text tower is cropped at the last EOT (``MODEL.TEXT_ENCODER_TRUNCATE``); fp16 on a CPU runs in fp32 (warned).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl.config import register_cfg_defaults
+from dassl.engine import TRAINER_REGISTRY
+
+from .common.prompt_clip import PromptCLIP
+from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase
+from .common.prompt_trainer import ClipPromptTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    cfg.TRAINER.COOP = CN()
+    # Number of context vectors M (ignored when CTX_INIT is set: its word count is used)
+    cfg.TRAINER.COOP.N_CTX = 16
+    # Class-specific contexts, one (M, D) set per class; ignored (warned) when CTX_INIT is set
+    cfg.TRAINER.COOP.CSC = False
+    # Words to initialise the context from, e.g. "a photo of a" ("_" reads as a space); "" = random N(0, INIT_STD^2)
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    # fp16 (CoOp default: CLIP and ctx in half precision), fp32 or amp; fp16/amp need CUDA, else fp32 (warned)
+    cfg.TRAINER.COOP.PREC = "fp16"
+    # Where the class-name tokens go relative to the context: end, middle or front
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
+    # Standard deviation of the random context init (CoOp hard-codes 0.02)
+    cfg.TRAINER.COOP.INIT_STD = 0.02
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(ClipPromptTrainer):
+    """Context Optimization (CoOp).
+
+    "Learning to Prompt for Vision-Language Models", https://arxiv.org/abs/2109.01134
+    """
+
+    LEARNABLE = ("prompt_learner",)
+
+    def check_cfg(self, cfg) -> None:
+        node = cfg.TRAINER.COOP
+        if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}; "
+                             f"choose one of {', '.join(CLASS_TOKEN_POSITIONS)}")
+        if not node.CTX_INIT and node.N_CTX < 1:
+            raise ValueError(f"TRAINER.COOP.N_CTX={node.N_CTX}; use at least 1 context vector or set CTX_INIT")
+        if node.INIT_STD <= 0:
+            raise ValueError(f"TRAINER.COOP.INIT_STD={node.INIT_STD}; it must be > 0")
+        super().check_cfg(cfg)
+
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
+        node = self.cfg.TRAINER.COOP
+        prompt_learner = PromptLearnerBase(
+            classnames, clip_model, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=node.CSC,
+            class_token_position=node.CLASS_TOKEN_POSITION, init_std=node.INIT_STD,
+        )
+        return PromptCLIP(prompt_learner, self.make_text_encoder(clip_model), clip_model)

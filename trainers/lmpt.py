@@ -1,0 +1,384 @@
+"""LMPT: class-specific prompts for long-tailed multi-label recognition, with a caption embedding loss.
+
+Xia, Xu, Ju, Hu, Chen, Ge, "LMPT: Prompt Tuning with Class-Specific Embedding Loss for Long-tailed Multi-Label
+Visual Recognition", ALVR @ ACL 2024, arXiv:2305.04536.  Reference: richard-peng-xia/LMPT@aab39ca
+(``lmpt/train.py``, ``dbl.py``, ``csel.py``); spec ``shared/specs/lmpt.md``.
+
+A frozen CLIP scores every class with CoOp prompts that have class-specific contexts (CSC, ``N_CTX`` = 16);
+logits are ``100 cos(image, class text)``.  Only the contexts are trained, with
+``L = LAM * L_cls + (1 - LAM) * L_cse``: ``L_cls`` a multi-label loss on the logits (Distribution-Balanced by
+default, with the per-dataset constants of spec §3.1), ``L_cse`` the class-specific embedding loss pulling each
+present class's prompt token embeddings (shifted by ``M_CTX`` positions) towards the word embeddings of the
+image's caption, with class-aware margins ``~ n_c^(-1/4)`` and weights ``~ n_c^(-gamma)``
+(``trainers/common/multilabel_losses.py``).  ``USE_CSE False`` (or ``LAM 1``) is the "CoOp + L_cls" baseline.
+
+Reference bugs fixed on purpose, each with a literal switch:
+- The released CSE loss crashes, uses ``softmax(class counts)`` (one-hot: infinite margins, NaN weights) and has
+  its sign inverted (spec §3.3, §6.1).  Default: hinge-embedding form on raw counts; ``CSE.FORM code_literal``
+  and ``CSE.FREQ softmax_counts`` give the released behaviour.
+- Scores are a softmax over classes in the repository (spec §4.3, §6.7).  Default: sigmoid scores
+  (``TEST.MULTILABEL.SCORE``); ``softmax`` is the switch.  The evaluator prints both mAPs either way.
+- The best epoch is chosen on the test set in the repository (spec §4.4, §6.8; optimistic).  Default: on
+  ``VAL_FRACTION`` of the training images held out (``VAL_SOURCE train_holdout``); ``VAL_SOURCE dataset`` uses
+  the dataset's val split, which for COCO-LT / VOC-LT *is* the test set, as in the repository.
+- The repository's test.py cannot load train.py's checkpoints (spec §4.4, §6.9): here evaluation rebuilds the
+  prompt learner from the training config and loads the run's own checkpoint (context only).
+- Class-name token lengths for the middle/front layouts are computed correctly (spec §6.13; ``end`` is used).
+Other choices: DBL focal factor at batch level as in the LMPT code (``DBL.FOCAL batch``; ``element`` = DB
+paper, spec §6.4); captions matched by image path, cut at ``CAPTION_MAX_CHARS`` = 75 (§6.11); the test images
+are squashed to ``INPUT.SIZE`` like the repository (``SQUASH_TEST_RESIZE``, §4.2); ReduceLROnPlateau on the
+validation mAP (``PLATEAU``, §4.1); losses are computed in fp32; the loss statistics ``n_c`` and ``N`` are
+the dataset's training counts (``class_freq``, spec §1.4) even when part of the training set is held out.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchvision.transforms import Compose, Normalize, Resize, ToTensor
+from yacs.config import CfgNode as CN
+
+import clip
+from clip.clip import CONTEXT_LENGTH
+from dassl.config import register_cfg_defaults
+from dassl.data import DataManager
+from dassl.data.data_manager import build_data_loader
+from dassl.data.transforms import INTERPOLATION_MODES
+from dassl.engine import TRAINER_REGISTRY
+from dassl.optim import build_lr_scheduler, build_optimizer
+
+from .common.multilabel_losses import (CSE_DIST_REDUCES, CSE_FORMS, CSE_FREQS, DBL_FOCAL_MODES,
+                                       ClassSpecificEmbeddingLoss, DistributionBalancedLoss, asymmetric_loss,
+                                       bce_loss, focal_loss)
+from .common.prompt_clip import PromptCLIP, cosine_logits, l2_normalize
+from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase
+from .common.prompt_trainer import ClipPromptTrainer
+
+logger = logging.getLogger(__name__)
+
+CLS_LOSSES = ("dbl", "bce", "focal", "asl")
+VAL_SOURCES = ("train_holdout", "dataset")
+MULTILABEL_EVALUATOR = "MultiLabelClassification"
+# DB-loss constants hard-coded per dataset in LMPT's train.py (spec §3.1): (NEG_SCALE, MAP_MU).
+DBL_DATASET_CONSTANTS = {"COCOLT": (2.0, 0.2), "VOCLT": (5.0, 0.3)}
+DBL_FALLBACK_DATASET = "COCOLT"  # other datasets take COCO-LT's constants unless set explicitly
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    cfg.TRAINER.LMPT = CN()
+    # Number of context vectors (ignored when CTX_INIT is set: its word count is used)
+    cfg.TRAINER.LMPT.N_CTX = 16
+    # Offset between caption and prompt positions in the CSE loss (spec §3.3; LMPT's --m_ctx)
+    cfg.TRAINER.LMPT.M_CTX = 2
+    # Class-specific contexts (LMPT: always); ignored (warned) when CTX_INIT is set, as in LMPT/CoOp
+    cfg.TRAINER.LMPT.CSC = True
+    # Words to initialise a (generic) context from, e.g. "a photo of a"; "" = random N(0, INIT_STD^2)
+    cfg.TRAINER.LMPT.CTX_INIT = ""
+    # Class tokens relative to the context: end (LMPT), middle or front
+    cfg.TRAINER.LMPT.CLASS_TOKEN_POSITION = "end"
+    # fp16 (LMPT: CLIP and ctx in half precision), fp32 or amp; fp16/amp need CUDA, else fp32 (warned)
+    cfg.TRAINER.LMPT.PREC = "fp16"
+    # Standard deviation of the random context init (hard-coded 0.02 in LMPT/CoOp)
+    cfg.TRAINER.LMPT.INIT_STD = 0.02
+    # lambda in L = LAM * L_cls + (1 - LAM) * L_cse, in [0, 1]
+    cfg.TRAINER.LMPT.LAM = 0.5
+    # Add the class-specific embedding loss; False trains with L_cls alone (CoOp + L_cls baseline)
+    cfg.TRAINER.LMPT.USE_CSE = True
+    # Classification loss: dbl (LMPT), bce, focal or asl
+    cfg.TRAINER.LMPT.CLS_LOSS = "dbl"
+    # Captions are cut to this many characters before tokenising (LMPT: 75); -1 = no cut (token-truncated)
+    cfg.TRAINER.LMPT.CAPTION_MAX_CHARS = 75
+    # Model selection split: train_holdout (VAL_FRACTION of the training images) or dataset (its val split;
+    # COCO-LT / VOC-LT have none and use the test set there, as LMPT does: optimistic, spec §6.8)
+    cfg.TRAINER.LMPT.VAL_SOURCE = "train_holdout"
+    # Fraction of the training images held out for model selection when VAL_SOURCE = train_holdout
+    cfg.TRAINER.LMPT.VAL_FRACTION = 0.1
+    # Seed of the hold-out split (fixed across run seeds, so every seed selects on the same images)
+    cfg.TRAINER.LMPT.VAL_SEED = 0
+    # Test images resized to exactly INPUT.SIZE (LMPT, spec §4.2) instead of Dassl's resize + center crop
+    cfg.TRAINER.LMPT.SQUASH_TEST_RESIZE = True
+    cfg.TRAINER.LMPT.PLATEAU = CN()
+    # ReduceLROnPlateau on the validation mAP, stepped every epoch (LMPT; replaces OPTIM.LR_SCHEDULER)
+    cfg.TRAINER.LMPT.PLATEAU.ENABLED = True
+    # Epochs without improvement before the LR is multiplied by FACTOR
+    cfg.TRAINER.LMPT.PLATEAU.PATIENCE = 5
+    cfg.TRAINER.LMPT.PLATEAU.FACTOR = 0.1
+    cfg.TRAINER.LMPT.PLATEAU.MIN_LR = 1e-7
+    cfg.TRAINER.LMPT.DBL = CN()  # Distribution-Balanced loss, spec §3.1
+    # Focal factor: batch (LMPT code: one batch-level factor), element (DB paper) or none
+    cfg.TRAINER.LMPT.DBL.FOCAL = "batch"
+    # Focusing exponent gamma_f
+    cfg.TRAINER.LMPT.DBL.GAMMA = 2.0
+    # Constant multiplier s of the focal loss
+    cfg.TRAINER.LMPT.DBL.BALANCE_PARAM = 2.0
+    # Negative-logit scale lambda_n of NTR; < 0 = per dataset (COCO-LT 2.0, VOC-LT 5.0); 1 = off
+    cfg.TRAINER.LMPT.DBL.NEG_SCALE = -1.0
+    # Class-prior bias strength kappa of NTR; 0 = off
+    cfg.TRAINER.LMPT.DBL.INIT_BIAS = 0.05
+    # Re-balanced weighting on/off; its map alpha (floor), beta (slope)
+    cfg.TRAINER.LMPT.DBL.REWEIGHT = True
+    cfg.TRAINER.LMPT.DBL.MAP_ALPHA = 0.1
+    cfg.TRAINER.LMPT.DBL.MAP_BETA = 10.0
+    # ... and mu (centre; DBL's map_param "gamma", LMPT README's --gamma); < 0 = per dataset (0.2 / 0.3)
+    cfg.TRAINER.LMPT.DBL.MAP_MU = -1.0
+    cfg.TRAINER.LMPT.DBL.LOSS_WEIGHT = 1.0
+    cfg.TRAINER.LMPT.FOCAL = CN()  # CLS_LOSS focal: sigmoid focal loss
+    cfg.TRAINER.LMPT.FOCAL.GAMMA = 2.0
+    # alpha balancing of positives; < 0 = off
+    cfg.TRAINER.LMPT.FOCAL.ALPHA = -1.0
+    cfg.TRAINER.LMPT.ASL = CN()  # CLS_LOSS asl: asymmetric loss as LMPT builds it (spec §3.2)
+    cfg.TRAINER.LMPT.ASL.GAMMA_NEG = 4.0
+    cfg.TRAINER.LMPT.ASL.GAMMA_POS = 0.0
+    # Probability shift of negatives
+    cfg.TRAINER.LMPT.ASL.CLIP = 0.05
+    # mean over B x C (LMPT) or sum (ASL paper)
+    cfg.TRAINER.LMPT.ASL.REDUCTION = "mean"
+    cfg.TRAINER.LMPT.CSE = CN()  # class-specific embedding loss, spec §3.3
+    # hinge_embedding (resolved: pull present classes, push absent ones past the margin) or code_literal
+    # (max(0, margin - (2y - 1) d), the released sign)
+    cfg.TRAINER.LMPT.CSE.FORM = "hinge_embedding"
+    # counts (q_c = n_c) or softmax_counts (released: softmax of counts, degenerate, NaN loss)
+    cfg.TRAINER.LMPT.CSE.FREQ = "counts"
+    # Distance over token positions: sum (LMPT) or mean
+    cfg.TRAINER.LMPT.CSE.DIST_REDUCE = "sum"
+    # Base margin Delta (margin_c = Delta * q_c^(-1/4))
+    cfg.TRAINER.LMPT.CSE.MARGIN = 0.2
+    # Re-weighting exponent gamma (w_c ~ q_c^(-gamma)); not DBL's MAP_MU
+    cfg.TRAINER.LMPT.CSE.GAMMA = 2.0
+
+
+def holdout_split(items: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, val): ``round(fraction * N)`` (at least 1) items drawn with ``random.Random(seed)``, order kept."""
+    n_val = max(1, int(round(fraction * len(items))))
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val_idx], [x for i, x in enumerate(items) if i in val_idx]
+
+
+def tokenize_captions(captions: Sequence[str], max_chars: int) -> Tensor:
+    """CLIP token ids ``(N, 77)`` of the captions cut to ``max_chars`` characters (``< 0``: uncut)."""
+    texts = [c if max_chars < 0 else c[:max_chars] for c in captions]
+    return clip.tokenize(texts, truncate=True).long()
+
+
+def squash_test_transform(cfg) -> Compose:
+    """Resize to exactly ``INPUT.SIZE`` (aspect ratio not kept), to tensor, normalise (LMPT's test transform)."""
+    tfm = [Resize(tuple(cfg.INPUT.SIZE), interpolation=INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]), ToTensor()]
+    if "normalize" in cfg.INPUT.TRANSFORMS:
+        tfm.append(Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+    return Compose(tfm)
+
+
+def training_class_counts(dataset) -> tuple[np.ndarray, int]:
+    """``n_c`` (the dataset's ``class_freq``, else counted from ``train_x``) and ``N`` = training images."""
+    freq = getattr(dataset, "class_freq", None)
+    if freq is None:
+        freq = np.zeros(dataset.num_classes, dtype=np.int64)
+        for item in dataset.train_x:
+            freq[list(item.label)] += 1
+    return np.asarray(freq), len(dataset.train_x)
+
+
+class LMPTCLIP(PromptCLIP):
+    """CoOp's custom CLIP that also returns its prompts and embeds captions (for the CSE loss)."""
+
+    def __init__(self, prompt_learner: PromptLearnerBase, text_encoder: nn.Module, clip_model: nn.Module) -> None:
+        super().__init__(prompt_learner, text_encoder, clip_model)
+        self.token_embedding = clip_model.token_embedding  # frozen word embeddings of the captions
+
+    def forward_with_prompts(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``(B, n_cls)`` and the prompt embeddings ``(n_cls, 77, D)`` they came from."""
+        prompts = self.prompt_learner()  # (n_cls, 77, D)
+        text_features = l2_normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts))
+        return cosine_logits(self.encode_image(image), text_features, self.logit_scale), prompts
+
+    @torch.no_grad()
+    def embed_captions(self, tokens: Tensor) -> Tensor:
+        """Token embeddings ``(B, 77, D)`` in fp32 of caption ids ``(B, 77)`` (no positions, no transformer)."""
+        return self.token_embedding(tokens).float()
+
+
+@TRAINER_REGISTRY.register()
+class LMPT(ClipPromptTrainer):
+    """Prompt tuning with class-specific embedding loss (LMPT).
+
+    "LMPT: Prompt Tuning with Class-Specific Embedding Loss for Long-tailed Multi-Label Visual Recognition",
+    https://arxiv.org/abs/2305.04536
+    """
+
+    LEARNABLE = ("prompt_learner",)
+    _plateau: Optional[ReduceLROnPlateau] = None
+
+    def check_cfg(self, cfg) -> None:
+        node = cfg.TRAINER.LMPT
+        checks = [
+            (cfg.TEST.EVALUATOR == MULTILABEL_EVALUATOR,
+             f"TEST.EVALUATOR={cfg.TEST.EVALUATOR!r}; LMPT needs {MULTILABEL_EVALUATOR} (set it in the YAML)"),
+            (node.CLASS_TOKEN_POSITION in CLASS_TOKEN_POSITIONS, f"TRAINER.LMPT.CLASS_TOKEN_POSITION="
+             f"{node.CLASS_TOKEN_POSITION!r}; choose one of {', '.join(CLASS_TOKEN_POSITIONS)}"),
+            (bool(node.CTX_INIT) or node.N_CTX >= 1, f"TRAINER.LMPT.N_CTX={node.N_CTX}; use >= 1 or set CTX_INIT"),
+            (0 <= node.M_CTX < CONTEXT_LENGTH, f"TRAINER.LMPT.M_CTX={node.M_CTX}; choose 0..{CONTEXT_LENGTH - 1}"),
+            (0.0 <= node.LAM <= 1.0, f"TRAINER.LMPT.LAM={node.LAM}; it must be in [0, 1]"),
+            (node.INIT_STD > 0, f"TRAINER.LMPT.INIT_STD={node.INIT_STD}; it must be > 0"),
+            (node.CLS_LOSS in CLS_LOSSES, f"TRAINER.LMPT.CLS_LOSS={node.CLS_LOSS!r}; choose one of {', '.join(CLS_LOSSES)}"),
+            (node.DBL.FOCAL in DBL_FOCAL_MODES,
+             f"TRAINER.LMPT.DBL.FOCAL={node.DBL.FOCAL!r}; choose one of {', '.join(DBL_FOCAL_MODES)}"),
+            (node.ASL.REDUCTION in ("mean", "sum"), f"TRAINER.LMPT.ASL.REDUCTION={node.ASL.REDUCTION!r}; choose mean or sum"),
+            (node.CSE.FORM in CSE_FORMS, f"TRAINER.LMPT.CSE.FORM={node.CSE.FORM!r}; choose one of {', '.join(CSE_FORMS)}"),
+            (node.CSE.FREQ in CSE_FREQS, f"TRAINER.LMPT.CSE.FREQ={node.CSE.FREQ!r}; choose one of {', '.join(CSE_FREQS)}"),
+            (node.CSE.DIST_REDUCE in CSE_DIST_REDUCES, f"TRAINER.LMPT.CSE.DIST_REDUCE={node.CSE.DIST_REDUCE!r}; "
+             f"choose one of {', '.join(CSE_DIST_REDUCES)}"),
+            (node.CSE.MARGIN > 0, f"TRAINER.LMPT.CSE.MARGIN={node.CSE.MARGIN}; it must be > 0"),
+            (node.CAPTION_MAX_CHARS == -1 or node.CAPTION_MAX_CHARS > 0,
+             f"TRAINER.LMPT.CAPTION_MAX_CHARS={node.CAPTION_MAX_CHARS}; use -1 (no cut) or > 0"),
+            (node.VAL_SOURCE in VAL_SOURCES,
+             f"TRAINER.LMPT.VAL_SOURCE={node.VAL_SOURCE!r}; choose one of {', '.join(VAL_SOURCES)}"),
+            (0.0 < node.VAL_FRACTION < 1.0, f"TRAINER.LMPT.VAL_FRACTION={node.VAL_FRACTION}; it must be in (0, 1)"),
+            (not (node.PLATEAU.ENABLED and cfg.OPTIM.WARMUP_EPOCH > 0), f"OPTIM.WARMUP_EPOCH={cfg.OPTIM.WARMUP_EPOCH} "
+             "has no effect with TRAINER.LMPT.PLATEAU.ENABLED; set it to 0 or disable the plateau schedule"),
+            (0.0 < node.PLATEAU.FACTOR < 1.0, f"TRAINER.LMPT.PLATEAU.FACTOR={node.PLATEAU.FACTOR}; it must be in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        super().check_cfg(cfg)
+
+    # ------------------------------------------------------------------ data
+    def build_data_loader(self) -> None:
+        """Dassl's loaders, with the squash test transform, the hold-out val split and the caption tokens."""
+        cfg, node = self.cfg, self.cfg.TRAINER.LMPT
+        dm = DataManager(cfg, custom_tfm_test=squash_test_transform(cfg) if node.SQUASH_TEST_RESIZE else None)
+        dataset = dm.dataset
+        if not dataset.train_x[0].is_multilabel:
+            raise ValueError(f"LMPT needs a multi-label dataset (Datum labels as tuples); {cfg.DATASET.NAME} is not")
+        train_items = dataset.train_x
+        if node.VAL_SOURCE == "train_holdout":
+            train_items, val_items = holdout_split(dataset.train_x, node.VAL_FRACTION, node.VAL_SEED)
+            x, t = cfg.DATALOADER.TRAIN_X, cfg.DATALOADER.TEST
+            dm.train_loader_x = build_data_loader(
+                cfg, sampler_type=x.SAMPLER, data_source=train_items, batch_size=x.BATCH_SIZE, n_domain=x.N_DOMAIN,
+                n_ins=x.N_INS, tfm=dm.tfm_train, is_train=True, num_classes=dataset.num_classes)
+            dm.val_loader = build_data_loader(
+                cfg, sampler_type=t.SAMPLER, data_source=val_items, batch_size=t.BATCH_SIZE, tfm=dm.tfm_test,
+                is_train=False, num_classes=dataset.num_classes)
+            logger.info(f"Model selection on {len(val_items)} held-out training images (VAL_FRACTION "
+                        f"{node.VAL_FRACTION}, VAL_SEED {node.VAL_SEED}); training on {len(train_items)}")
+        else:
+            same = dataset.val is dataset.test
+            logger.info("Model selection on the dataset's val split" + (
+                " = the TEST set (LMPT's optimistic protocol, spec lmpt.md §6.8)" if same else ""))
+        if node.USE_CSE:
+            missing = [item.impath for item in train_items if not item.caption]
+            if missing:
+                raise ValueError(f"{cfg.DATASET.NAME}: {len(missing)} training images have no caption (e.g. "
+                                 f"{missing[0]}); LMPT's CSE loss needs one, or set TRAINER.LMPT.USE_CSE False")
+            # Row i belongs to train_loader_x's data_source[i]; batches carry that index.
+            self.caption_tokens = tokenize_captions([item.caption for item in train_items], node.CAPTION_MAX_CHARS)
+        self.train_loader_x, self.train_loader_u = dm.train_loader_x, dm.train_loader_u
+        self.val_loader, self.test_loader = dm.val_loader, dm.test_loader
+        self.num_classes, self.num_source_domains = dm.num_classes, dm.num_source_domains
+        self.lab2cname, self.dm = dm.lab2cname, dm
+
+    # ------------------------------------------------------------------ model and losses
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
+        node = self.cfg.TRAINER.LMPT
+        prompt_learner = PromptLearnerBase(
+            classnames, clip_model, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=node.CSC,
+            class_token_position=node.CLASS_TOKEN_POSITION, init_std=node.INIT_STD)
+        return LMPTCLIP(prompt_learner, self.make_text_encoder(clip_model), clip_model)
+
+    def build_model(self) -> None:
+        super().build_model()
+        node = self.cfg.TRAINER.LMPT
+        class_freq, num_train = training_class_counts(self.dm.dataset)
+        logger.info(f"Loss statistics: N = {num_train} training images, n_c = {class_freq.tolist()}")
+        self.cls_loss = self.build_cls_loss(class_freq, num_train)
+        self.cse_loss = None
+        if node.USE_CSE:
+            self.cse_loss = ClassSpecificEmbeddingLoss(
+                class_freq, margin=node.CSE.MARGIN, gamma=node.CSE.GAMMA, m_ctx=node.M_CTX, form=node.CSE.FORM,
+                freq=node.CSE.FREQ, dist_reduce=node.CSE.DIST_REDUCE).to(self.device)
+
+    def build_cls_loss(self, class_freq: np.ndarray, num_train: int) -> Callable[[Tensor, Tensor], Tensor]:
+        node = self.cfg.TRAINER.LMPT
+        if node.CLS_LOSS == "bce":
+            return bce_loss
+        if node.CLS_LOSS == "focal":
+            return functools.partial(focal_loss, gamma=node.FOCAL.GAMMA, alpha=node.FOCAL.ALPHA)
+        if node.CLS_LOSS == "asl":
+            return functools.partial(asymmetric_loss, gamma_neg=node.ASL.GAMMA_NEG, gamma_pos=node.ASL.GAMMA_POS,
+                                     clip=node.ASL.CLIP, reduction=node.ASL.REDUCTION)
+        dbl = node.DBL
+        name = self.cfg.DATASET.NAME
+        if name not in DBL_DATASET_CONSTANTS and (dbl.NEG_SCALE < 0 or dbl.MAP_MU < 0):
+            logger.info(f"No DB-loss constants for {name}; using {DBL_FALLBACK_DATASET}'s for unset keys")
+        neg_scale, map_mu = DBL_DATASET_CONSTANTS.get(name, DBL_DATASET_CONSTANTS[DBL_FALLBACK_DATASET])
+        neg_scale = dbl.NEG_SCALE if dbl.NEG_SCALE >= 0 else neg_scale
+        map_mu = dbl.MAP_MU if dbl.MAP_MU >= 0 else map_mu
+        logger.info(f"DB loss: focal {dbl.FOCAL}, neg_scale {neg_scale}, map_mu {map_mu}")
+        return DistributionBalancedLoss(
+            class_freq, num_train, focal=dbl.FOCAL, gamma=dbl.GAMMA, balance_param=dbl.BALANCE_PARAM,
+            neg_scale=neg_scale, init_bias=dbl.INIT_BIAS, map_alpha=dbl.MAP_ALPHA, map_beta=dbl.MAP_BETA,
+            map_mu=map_mu, loss_weight=dbl.LOSS_WEIGHT, reweight=dbl.REWEIGHT).to(self.device)
+
+    def build_optimizer_and_scheduler(self, name: str, module: nn.Module):
+        """SGD etc. from ``cfg.OPTIM``; ReduceLROnPlateau (max mode, on the val mAP) when ``PLATEAU.ENABLED``."""
+        optim = build_optimizer(module, self.cfg.OPTIM)
+        node = self.cfg.TRAINER.LMPT.PLATEAU
+        if not node.ENABLED:
+            return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
+        self._plateau = ReduceLROnPlateau(optim, mode="max", factor=node.FACTOR, patience=node.PATIENCE,
+                                          min_lr=node.MIN_LR)
+        return optim, self._plateau
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(self, batch) -> dict[str, float]:
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            logits, prompts = self.model.forward_with_prompts(image)
+        loss_cls = self.cls_loss(logits.float(), label)  # losses in fp32
+        summary = {"loss_cls": loss_cls.item()}
+        loss = loss_cls
+        if self.cse_loss is not None:
+            captions = self.model.embed_captions(self.caption_tokens[batch["index"]].to(self.device))  # (B, 77, D)
+            loss_cse = self.cse_loss(captions, prompts, label)
+            lam = self.cfg.TRAINER.LMPT.LAM
+            loss = lam * loss_cls + (1 - lam) * loss_cse
+            summary["loss_cse"] = loss_cse.item()
+        self.backward_and_update(loss)
+        summary = {"loss": loss.item(), **summary}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def update_lr(self, names=None) -> None:
+        """Epoch-end step of Dassl schedulers; the plateau schedule steps in ``after_epoch`` on the val mAP."""
+        for name in self.get_model_names(names):
+            sched = self._scheds[name]
+            if sched is not None and not isinstance(sched, ReduceLROnPlateau):
+                sched.step()
+
+    def after_epoch(self) -> None:
+        """Dassl's ``after_epoch`` (best-val checkpoint, periodic/last checkpoint) + the plateau step before saving."""
+        cfg = self.cfg
+        select_best = not cfg.TEST.NO_TEST and cfg.TEST.FINAL_MODEL == "best_val"
+        if select_best or self._plateau is not None:
+            result = self.test(split="val")
+            if self._plateau is not None:
+                self._plateau.step(result)
+            if select_best and result > self.best_result:
+                self.best_result = result
+                logger.info(f"New best val mAP {result:.2f}% at epoch {self.epoch + 1}")
+                self.save_model(self.epoch, self.output_dir, val_result=result, model_name="model-best.pth.tar")
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        freq = cfg.TRAIN.CHECKPOINT_FREQ
+        if last_epoch or (freq > 0 and (self.epoch + 1) % freq == 0):
+            self.save_model(self.epoch, self.output_dir)

@@ -1,0 +1,124 @@
+"""Zero-shot CLIP baselines of the CoOp repository: hand-written prompts, nothing learned.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", arXiv:2103.00020, as
+run by CoOp (Zhou et al., arXiv:2109.01134; reference KaiyangZhou/CoOp@ff61507 ``trainers/zsclip.py``).
+Spec: ``shared/specs/coop_family.md`` §3.
+
+- ``ZeroshotCLIP``: one template per dataset (``CUSTOM_TEMPLATES``).
+- ``ZeroshotCLIP2``: the 7 ``IMAGENET_TEMPLATES_SELECT`` templates plus the dataset's own (except ImageNet),
+  features averaged over templates.
+
+Deviations: the template lists are tuples (CoOp appended to its module-level list in place, §12.10);
+datasets without a template use "a photo of a {}." (logged); ``train()`` is allowed and just runs the final
+test, so base-to-new scripts work with ``TRAINER=ZeroshotCLIP`` (CoOp issues #70/#72).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+from torch import Tensor, nn
+from yacs.config import CfgNode as CN
+
+from dassl.config import register_cfg_defaults
+from dassl.engine import TRAINER_REGISTRY
+
+from .common.prompt_clip import cosine_logits, l2_normalize
+from .common.prompt_trainer import ClipPromptTrainer
+from .common.text_features import class_text_features
+from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
+
+logger = logging.getLogger(__name__)
+
+# Per-dataset prompt, "{}" = class name with "_" read as a space (spec §3.1), plus vlprompt's own datasets.
+CUSTOM_TEMPLATES: dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+    "Flowers102": "a photo of a {}, a type of flower.",
+    "Synthetic": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    cfg.TRAINER.ZEROSHOTCLIP = CN()
+    # fp16 (CoOp: CLIP kept in half precision), fp32 or amp; fp16/amp fall back to fp32 on a CPU (warning)
+    cfg.TRAINER.ZEROSHOTCLIP.PREC = "fp16"
+
+
+def dataset_template(dataset_name: str) -> str:
+    """The dataset's hand-written template, or ``DEFAULT_TEMPLATE`` (logged) when it has none."""
+    if dataset_name not in CUSTOM_TEMPLATES:
+        logger.info(f"No template for dataset {dataset_name}; using {DEFAULT_TEMPLATE!r}")
+    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+
+
+class ZeroshotCLIPModel(nn.Module):
+    """``images -> logits`` against fixed, L2-normalised class text features ``(n_cls, E)``."""
+
+    def __init__(self, clip_model: nn.Module, text_features: Tensor) -> None:
+        super().__init__()
+        self.image_encoder = clip_model.visual
+        self.logit_scale = clip_model.logit_scale
+        self.register_buffer("text_features", text_features, persistent=False)  # (n_cls, E)
+
+    def forward(self, image: Tensor) -> Tensor:
+        image_features = l2_normalize(self.image_encoder(image.to(self.text_features.dtype)))  # (B, E)
+        return cosine_logits(image_features, self.text_features, self.logit_scale)  # (B, n_cls)
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(ClipPromptTrainer):
+    """Zero-shot CLIP with the dataset's hand-written template (CoOp's baseline).
+
+    "Learning Transferable Visual Models From Natural Language Supervision", https://arxiv.org/abs/2103.00020
+    """
+
+    LEARNABLE = ()
+    CFG_NODE = "ZEROSHOTCLIP"
+
+    def templates(self) -> Sequence[str]:
+        return (dataset_template(self.cfg.DATASET.NAME),)
+
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
+        templates = self.templates()
+        logger.info(f"Prompt templates ({len(templates)}): {list(templates)}")
+        logger.info(f"Prompts: {[templates[-1].format(name.replace('_', ' ')) for name in classnames]}")
+        clip_model.to(self.device)  # the text side runs once, on the run's device
+        text_features = class_text_features(clip_model, classnames, templates,
+                                            truncate_at_eot=self.cfg.MODEL.TEXT_ENCODER_TRUNCATE)
+        return ZeroshotCLIPModel(clip_model, text_features)
+
+    def train(self) -> None:
+        """Nothing to learn: log it, then test exactly as a finished training run does."""
+        logger.info(f"{type(self).__name__} has no learnable parameters; skipping training")
+        self.time_start = time.time()
+        self.after_train()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Zero-shot CLIP with prompt ensembling over ImageNet templates (+ the dataset's own, except on ImageNet).
+
+    "Learning Transferable Visual Models From Natural Language Supervision", https://arxiv.org/abs/2103.00020
+    """
+
+    def templates(self) -> Sequence[str]:
+        if self.cfg.DATASET.NAME == "ImageNet":
+            return IMAGENET_TEMPLATES_SELECT
+        return IMAGENET_TEMPLATES_SELECT + (dataset_template(self.cfg.DATASET.NAME),)
