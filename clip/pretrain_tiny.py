@@ -63,6 +63,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature
     seed: int = 0
+    templates: tuple[str, ...] = CAPTION_TEMPLATES  # caption templates, "{}" = class name
 
 
 def _to_model_input(image: Image.Image, input_size: int) -> Tensor:
@@ -141,26 +142,34 @@ def pretrain_tiny_clip(cfg: PretrainConfig) -> tuple[dict[str, Tensor], dict[str
     images, labels = render_pool(cfg.images_per_class, cfg.render_size, input_size, f"pretrain-{cfg.seed}")
     eval_images, eval_labels = render_pool(cfg.eval_images_per_class, cfg.render_size, input_size,
                                            f"pretrain-eval-{cfg.seed}")
-    captions = tokenize([t.format(c) for c in classnames for t in CAPTION_TEMPLATES])  # (48 * T, 77)
-    captions = captions.view(len(classnames), len(CAPTION_TEMPLATES), -1)  # (48, T, 77)
+    captions = tokenize([t.format(c) for c in classnames for t in cfg.templates])  # (48 * T, 77)
+    captions = captions.view(len(classnames), len(cfg.templates), -1)  # (48, T, 77)
     by_class = [torch.nonzero(labels == c).flatten().tolist() for c in range(len(classnames))]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
+    # The 49408-row token embedding gets sparse gradients (only caption tokens) and its own SparseAdam:
+    # a dense AdamW update of it would cost more than the rest of the tiny model.
+    model.token_embedding.sparse = True
+    dense = [p for name, p in model.named_parameters() if name != "token_embedding.weight"]
+    optimizers = [torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                  torch.optim.SparseAdam([model.token_embedding.weight], lr=cfg.lr)]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg)) for opt in optimizers]
     loss = torch.tensor(float("nan"))
     for _ in range(cfg.steps):
         picks = torch.tensor([rng.choice(rows) for rows in by_class])  # one image per class
         batch = images[picks]  # (48, 3, R, R)
         flip = torch.tensor([rng.random() < 0.5 for _ in by_class])
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)  # random horizontal flip
-        template_ids = torch.tensor([rng.randrange(len(CAPTION_TEMPLATES)) for _ in by_class])
+        template_ids = torch.tensor([rng.randrange(len(cfg.templates)) for _ in by_class])
         tokens = _crop_to_eot(captions[torch.arange(len(classnames)), template_ids])  # (48, L)
         loss = contrastive_loss(model.encode_image(batch), model.encode_text(tokens), model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    model.token_embedding.sparse = False
     model.eval()
     state_dict = {k: v.detach().half().float() if v.is_floating_point() else v.detach()
                   for k, v in model.state_dict().items()}  # fp16 grid: clip.load reproduces it exactly

@@ -2,8 +2,8 @@
 
 Offline stand-in for COCO-LT / VOC-LT (LMPT, Xia et al., arXiv:2305.04536; ``shared/specs/lmpt.md`` §1).
 Classes are those of ``Synthetic`` ("red circle", "green square", ...; ``datasets/synthetic.py``). Each image
-is a 2x2 grid: every present class is drawn by ``render_image`` on its own tile (so no shape hides another) in
-a random cell; empty cells are plain. Class ``c`` is present with probability
+is a 2x2 grid: every present class is drawn (``draw_shape``) in its own random cell, so no shape hides another,
+on a grey background (``BACKGROUND plain``) or on a ``render_image`` textured tile (``textured``). Class ``c`` is present with probability
 ``MAX_PRESENCE * IMBALANCE^(-c / (C - 1))`` (long-tailed: class 0 is the most frequent), at most
 ``MAX_LABELS`` per image and at least one. Every image has a caption such as
 "a photo of a red circle and an orange star", used by LMPT's class-specific embedding loss.
@@ -29,13 +29,14 @@ from dassl.config import register_cfg_defaults
 from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
 from dassl.utils import read_json, write_json
 
-from .synthetic import MAX_CLASSES, class_names, class_spec, render_image
+from .synthetic import MAX_CLASSES, class_names, class_spec, draw_shape, render_image
 
 logger = logging.getLogger(__name__)
 
 ANNOTATION_FILE = "annotations.json"
 GRID = 2  # images are GRID x GRID cells, one shape per cell at most
 SPLITS = ("train", "val", "test")
+BACKGROUNDS = ("plain", "textured")
 GROUP_NAMES = ("head", "medium", "tail")
 
 
@@ -58,6 +59,8 @@ def add_cfg_defaults(cfg) -> None:
     cfg.DATASET.SYNTHETIC_ML.IMAGE_SIZE = 64
     # Seed of the drawing RNG (independent of cfg.SEED)
     cfg.DATASET.SYNTHETIC_ML.GEN_SEED = 0
+    # plain (grey background; readable by a random tiny CLIP) or textured (Synthetic's textured tiles)
+    cfg.DATASET.SYNTHETIC_ML.BACKGROUND = "plain"
 
 
 def presence_probabilities(num_classes: int, max_presence: float, imbalance: float) -> List[float]:
@@ -82,21 +85,29 @@ def caption_for(labels: Sequence[int], names: Sequence[str]) -> str:
     return f"a photo of {listed}"
 
 
-def draw_multilabel(rng: random.Random, size: int, labels: Sequence[int]) -> Image.Image:
-    """A ``size`` x ``size`` image with one ``render_image`` tile per label in distinct random grid cells."""
+def draw_multilabel(rng: random.Random, size: int, labels: Sequence[int], background: str = "plain") -> Image.Image:
+    """A ``size`` x ``size`` image with one shape per label, each in its own random grid cell.
+
+    ``background="plain"``: a grey image, shapes drawn with ``draw_shape``; ``"textured"``: every shape on its
+    own ``render_image`` tile (random textured background), empty cells grey.
+    """
     cell = size // GRID
-    tone = tuple(rng.randint(70, 140) for _ in range(3))
-    img = Image.new("RGB", (size, size), tone)
+    grey = rng.randint(100, 130)
+    img = Image.new("RGB", (size, size), (grey, grey, grey))
     cells = rng.sample(range(GRID * GRID), len(labels))
     for c, where in zip(labels, cells):
         shape, _, rgb = class_spec(c)
-        tile = render_image(rng, cell, shape, rgb)
+        if background == "textured":
+            tile = render_image(rng, cell, shape, rgb)
+        else:
+            tile = Image.new("RGB", (cell, cell), (grey, grey, grey))
+            draw_shape(tile, rng, shape, rgb)
         img.paste(tile, ((where % GRID) * cell, (where // GRID) * cell))
     return img
 
 
 def generate(dataset_dir: str, num_classes: int, counts: Sequence[int], probs: Sequence[float],
-             max_labels: int, size: int, gen_seed: int) -> None:
+             max_labels: int, size: int, gen_seed: int, background: str) -> None:
     """Draw all splits and write ``annotations.json``; built in a temp folder, then renamed (atomic)."""
     tmp_dir = f"{dataset_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -109,7 +120,7 @@ def generate(dataset_dir: str, num_classes: int, counts: Sequence[int], probs: S
         for k in range(n):
             labels = sample_labels(rng, probs, max_labels)
             relpath = osp.join("images", f"{split}_{k:05d}.jpg")
-            draw_multilabel(rng, size, labels).save(osp.join(tmp_dir, relpath), quality=95)
+            draw_multilabel(rng, size, labels, background).save(osp.join(tmp_dir, relpath), quality=95)
             items.append([relpath, list(labels), caption_for(labels, names)])
         annotations[split] = items
     write_json(annotations, osp.join(tmp_dir, ANNOTATION_FILE))
@@ -141,6 +152,8 @@ class SyntheticMultiLabel(DatasetBase):
         if sc.IMBALANCE < 1 or not 0 < sc.MAX_PRESENCE <= 1:
             raise ValueError(f"DATASET.SYNTHETIC_ML: IMBALANCE={sc.IMBALANCE} must be >= 1 and "
                              f"MAX_PRESENCE={sc.MAX_PRESENCE} in (0, 1]")
+        if sc.BACKGROUND not in BACKGROUNDS:
+            raise ValueError(f"DATASET.SYNTHETIC_ML.BACKGROUND={sc.BACKGROUND!r}; choose one of {', '.join(BACKGROUNDS)}")
         if cfg.DATASET.NUM_SHOTS >= 1 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
             raise ValueError("SyntheticMultiLabel: multi-label data supports neither DATASET.NUM_SHOTS >= 1 nor "
                              "DATASET.SUBSAMPLE_CLASSES != 'all'; reset them to -1 and 'all'")
@@ -148,13 +161,14 @@ class SyntheticMultiLabel(DatasetBase):
         probs = presence_probabilities(sc.NUM_CLASSES, sc.MAX_PRESENCE, sc.IMBALANCE)
         root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT or "./data"))
         variant = (f"c{sc.NUM_CLASSES}_n{counts[0]}-{counts[1]}-{counts[2]}_p{sc.MAX_PRESENCE:g}_r{sc.IMBALANCE:g}"
-                   f"_m{sc.MAX_LABELS}_px{sc.IMAGE_SIZE}_seed{sc.GEN_SEED}")
+                   f"_m{sc.MAX_LABELS}_{sc.BACKGROUND}_px{sc.IMAGE_SIZE}_seed{sc.GEN_SEED}")
         self.dataset_dir = osp.join(root, self.dataset_dir, variant)
         annotation_path = osp.join(self.dataset_dir, ANNOTATION_FILE)
         if not osp.exists(annotation_path):
             logger.info(f"Generating the synthetic multi-label dataset at {self.dataset_dir}")
             os.makedirs(osp.dirname(self.dataset_dir), exist_ok=True)
-            generate(self.dataset_dir, sc.NUM_CLASSES, counts, probs, sc.MAX_LABELS, sc.IMAGE_SIZE, sc.GEN_SEED)
+            generate(self.dataset_dir, sc.NUM_CLASSES, counts, probs, sc.MAX_LABELS, sc.IMAGE_SIZE, sc.GEN_SEED,
+                     sc.BACKGROUND)
         annotations = read_json(annotation_path)
         names = annotations["classnames"]
         train, val, test = (self._read(annotations[split], names) for split in SPLITS)

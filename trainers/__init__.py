@@ -3,3 +3,7 @@ from .common import feature_cache  # noqa: F401  (registers TEST.FEATURE_CACHE k
 from . import vanilla  # noqa: F401
 from . import zsclip, coop, cocoop  # noqa: F401,E401
 from . import langevin_coop  # noqa: F401
+from . import lmpt, zsclip_multilabel  # noqa: F401,E401
+from . import dpt  # noqa: F401
+from . import mlpt  # noqa: F401
+from . import clip_lora, disef  # noqa: F401,E401

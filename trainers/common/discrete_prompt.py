@@ -106,10 +106,10 @@ def stable_order(scores: Tensor) -> Tensor:
 
 def stable_topk(scores: Tensor, k: int) -> Optional[Tensor]:
     """First ``k`` columns of ``stable_order(scores)`` without the full sort; ``None`` if ties straddle the cut."""
-    values, ids = scores.topk(k, dim=1)  # (n, k), descending
-    if (scores >= values[:, -1:]).sum(dim=1).gt(k).any():
+    values, ids = scores.topk(k + 1, dim=1)  # (n, k + 1), descending, with multiplicity
+    if (values[:, k - 1] == values[:, k]).any():
         return None  # the k-th value recurs past the cut: which ids are in the top k depends on the tie-break
-    ids = ids.sort(dim=1).values  # (n, k): the exact top-k set, ascending ids
+    ids = ids[:, :k].sort(dim=1).values  # (n, k): the exact top-k set, ascending ids
     perm = scores.gather(1, ids).argsort(dim=1, descending=True, stable=True)  # (n, k)
     return ids.gather(1, perm)  # (n, k): (score desc, id asc)
 

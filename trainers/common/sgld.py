@@ -74,7 +74,7 @@ class SGLD(Optimizer):
 
     Args:
         params: parameters or parameter groups (a group may set ``noise=False`` and any of the options below).
-        lr: step size (> = 0).
+        lr: step size (>= 0).
         weight_decay: L2 coefficient added to the gradient, ``g = grad + weight_decay * p``.
         noise_mode: one of ``NOISE_MODES``.
         temperature: ``T`` of ``sgld_temp`` (0 = plain SGD).

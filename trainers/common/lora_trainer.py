@@ -1,0 +1,365 @@
+"""``LoRATrainer``: LoRA fine-tuning of both CLIP towers, shared by CLIP-LoRA and DISEF (STYLE.md §3).
+
+CLIP-LoRA (Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models", arXiv:2405.18541) and
+DISEF (da Costa et al., "Diversified in-domain synthesis with efficient fine-tuning for few-shot
+classification", arXiv:2312.03046) train the same model: CLIP with LoRA in the attention of the chosen blocks
+(``clip/lora.py``), class prompts from one template re-encoded by the adapted text tower at every step, logits
+``scale * cos(image, text)``.  Spec: ``shared/specs/clip_lora_disef.md`` §1.4-§1.6, §2.4, §3.2, §6.
+
+What this base adds to ``ClipPromptTrainer``:
+- the model (``LoRACLIP``) and its config keys (``lora_cfg_node``), only the LoRA A/B tensors registered,
+  optimised and checkpointed (model name ``lora``); ``lora_weights.pt`` in CLIP-LoRA's format (§1.6) at the end;
+- CLIP-LoRA's training length: ``ITERS_PER_SHOT x DATASET.NUM_SHOTS`` iterations, i.e. ``ceil(iters / batches
+  per epoch)`` epochs whose last one stops at the budget (``IterationBudgetLoader``), and a cosine schedule from
+  ``OPTIM.LR`` to ``ETA_MIN`` stepped every iteration (``LR_STEP iter``); or Dassl's per-epoch schedule;
+- early stopping on the validation accuracy (``PATIENCE``, needs ``TEST.FINAL_MODEL best_val``), the best
+  weights restored from the LoRA-only ``model-best`` checkpoint.
+
+Fixed on purpose (seed notebook bugs, §3.7): the best model is a saved copy of A/B, not live references
+(§3.7.1; the literal behaviour, deploying the last epoch, is ``TEST.FINAL_MODEL last_step``); no state dict ever
+holds merged weights (§3.7.2, ``clip/lora.py``); training stops after exactly ``PATIENCE`` epochs without
+improvement (§3.7.8; ``PATIENCE_LITERAL True`` waits one epoch more, as the notebook).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import os.path as osp
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode as CN
+
+import clip
+from clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, save_lora
+from dassl.optim import build_lr_scheduler, build_optimizer
+
+from .prompt_clip import l2_normalize
+from .prompt_trainer import ClipPromptTrainer
+from .text_encoder import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+LORA_PRECISIONS = ("fp32", "amp")  # fp16 is refused: AdamW on half-precision A/B underflows (spec §5)
+LR_STEPS = ("iter", "epoch")
+EARLY_STOP_FILE = "early_stopping.json"  # in OUTPUT_DIR: lets a resumed run keep the patience counter
+LORA_FILE = "lora_weights.pt"  # CLIP-LoRA's default file name (spec §1.6)
+
+
+def lora_cfg_node(**overrides: Any) -> CN:
+    """The LoRA trainer keys with CLIP-LoRA's defaults (§1.7, §6); ``overrides`` set a method's own defaults."""
+    node = CN()
+    # fp32 or amp (CLIP-LoRA: fp16 autocast + GradScaler); amp falls back to fp32 on a CPU
+    node.PREC = "amp"
+    # Towers that get LoRA: text, vision or both
+    node.ENCODER = "both"
+    # Adapted projections in each chosen block: a subset of q, k, v, o (o = attention output projection)
+    node.PARAMS = ["q", "k", "v"]
+    # Chosen blocks: all, bottom, mid, up, half-bottom, half-up, top3 (thirds/halves of the depth)
+    node.POSITION = "all"
+    # LoRA rank of both towers; TEXT_R / VISION_R > 0 override it per tower (DISEF: 16 / 64)
+    node.R = 2
+    node.TEXT_R = 0
+    node.VISION_R = 0
+    # LoRA alpha; the update is scaled by ALPHA / sqrt(R) ("sqrt", CLIP-LoRA) or ALPHA / R ("linear", loralib)
+    node.ALPHA = 1.0
+    node.SCALING = "sqrt"
+    # Dropout on the LoRA branch input (training only)
+    node.DROPOUT = 0.25
+    # > 0: train ITERS_PER_SHOT x DATASET.NUM_SHOTS iterations (CLIP-LoRA: 500); 0: OPTIM.MAX_EPOCH epochs
+    node.ITERS_PER_SHOT = 500
+    # iter: cosine from OPTIM.LR to ETA_MIN over all iterations, stepped every iteration (CLIP-LoRA, DISEF);
+    # epoch: OPTIM.LR_SCHEDULER stepped once per epoch (the seed notebook)
+    node.LR_STEP = "iter"
+    node.ETA_MIN = 1e-6
+    # > 0: fixed logit scale (CLIP-LoRA: 100); <= 0: exp(CLIP's logit_scale)
+    node.LOGIT_SCALE = 100.0
+    # Class prompt, "{}" = class name; "" = the dataset's template (trainers/zsclip.py CUSTOM_TEMPLATES)
+    node.TEMPLATE = "a photo of a {}."
+    # Cross-entropy label smoothing (DISEF: 0.1)
+    node.LABEL_SMOOTHING = 0.0
+    # > 0: stop after PATIENCE epochs without a better val accuracy (needs TEST.FINAL_MODEL best_val); 0: off
+    node.PATIENCE = 0
+    # True: stop only after PATIENCE + 1 such epochs, as the seed notebook (spec §3.7.8)
+    node.PATIENCE_LITERAL = False
+    for key, value in overrides.items():
+        if key not in node:
+            raise KeyError(f"lora_cfg_node: unknown key {key}; known keys: {sorted(node)}")
+        node[key] = value
+    return node
+
+
+class IterationBudgetLoader:
+    """The train loader cut so that all epochs together yield ``total`` batches.
+
+    Epoch ``e`` (read from ``epoch_fn``, so a resumed run agrees) yields ``min(n, total - e * n)`` of the ``n``
+    batches.
+    """
+
+    def __init__(self, loader, total: int, epoch_fn) -> None:
+        self.loader, self.total, self.epoch_fn = loader, total, epoch_fn
+
+    def __len__(self) -> int:
+        per_epoch = len(self.loader)
+        return max(0, min(per_epoch, self.total - self.epoch_fn() * per_epoch))
+
+    def __iter__(self) -> Iterator[Any]:
+        remaining = len(self)
+        if remaining == 0:
+            return
+        for index, batch in enumerate(self.loader):
+            yield batch
+            if index + 1 >= remaining:
+                return
+
+
+class EarlyStop(Exception):
+    """Raised by ``after_epoch`` to leave the epoch loop; ``LoRATrainer.train`` then finishes normally."""
+
+
+class LoRACLIP(nn.Module):
+    """``images (B, 3, R, R) -> logits (B, n_cls)`` of a CLIP whose attention carries LoRA.
+
+    ``lora`` holds the A/B tensors (the only trainable ones, registered first); the towers are CLIP's own
+    modules with ``LoRAMultiheadAttention`` inside.
+    """
+
+    def __init__(self, lora: LoRAWeights, clip_model: nn.Module, tokenized_prompts: Tensor,
+                 truncate_at_eot: bool = True, logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.lora = lora
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model, truncate_at_eot=truncate_at_eot)
+        self.token_embedding = clip_model.token_embedding
+        self.clip_logit_scale = clip_model.logit_scale
+        self.fixed_logit_scale = logit_scale
+        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)  # (n_cls, 77)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_encoder.dtype
+
+    def logit_scale(self) -> Tensor:
+        """The fixed scale (> 0) or ``exp(logit_scale)`` of CLIP."""
+        if self.fixed_logit_scale > 0:
+            return torch.tensor(self.fixed_logit_scale, device=self.tokenized_prompts.device)
+        return self.clip_logit_scale.exp()
+
+    def encode_text(self) -> Tensor:
+        """L2-normalised class text features ``(n_cls, E)`` through the (adapted) text tower."""
+        embeddings = self.token_embedding(self.tokenized_prompts).to(self.dtype)  # (n_cls, 77, D)
+        return l2_normalize(self.text_encoder(embeddings, self.tokenized_prompts))
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        """L2-normalised image features ``(B, E)``."""
+        return l2_normalize(self.image_encoder(image.to(self.dtype)))
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        return self.logit_scale() * image_features @ text_features.t().to(image_features.dtype)  # (B, n_cls)
+
+    def forward(self, image: Tensor, text_features: Optional[Tensor] = None) -> Tensor:
+        text_features = self.encode_text() if text_features is None else text_features
+        return self.logits(self.encode_image(image), text_features)
+
+
+class LoRATrainer(ClipPromptTrainer):
+    """Base trainer: CLIP + LoRA, trained on cross-entropy; subclasses set ``CFG_NODE`` and their recipe."""
+
+    LEARNABLE = ("lora",)
+
+    _eval_text: Optional[Tensor] = None
+    _frozen_text: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ config
+    def check_cfg(self, cfg) -> None:
+        node, name = self.method_cfg(cfg), f"TRAINER.{self.cfg_node_name()}"
+        if node.PREC not in LORA_PRECISIONS:
+            raise ValueError(f"{name}.PREC={node.PREC!r}; choose one of {', '.join(LORA_PRECISIONS)} "
+                             "(LoRA tensors train in fp32; amp runs CLIP in fp16 autocast)")
+        if node.ENCODER not in ENCODERS:
+            raise ValueError(f"{name}.ENCODER={node.ENCODER!r}; choose one of {', '.join(ENCODERS)}")
+        if not node.PARAMS or set(node.PARAMS) - set(PROJECTIONS):
+            raise ValueError(f"{name}.PARAMS={list(node.PARAMS)}; choose a non-empty subset of {list(PROJECTIONS)}")
+        if node.POSITION not in POSITIONS:
+            raise ValueError(f"{name}.POSITION={node.POSITION!r}; choose one of {', '.join(POSITIONS)}")
+        if node.SCALING not in SCALINGS:
+            raise ValueError(f"{name}.SCALING={node.SCALING!r}; choose one of {', '.join(SCALINGS)}")
+        for key in ("R", "TEXT_R", "VISION_R"):
+            if node[key] < (1 if key == "R" else 0):
+                raise ValueError(f"{name}.{key}={node[key]}; ranks must be >= 1 (0 = use R for TEXT_R/VISION_R)")
+        if not 0 <= node.DROPOUT < 1:
+            raise ValueError(f"{name}.DROPOUT={node.DROPOUT}; it must be in [0, 1)")
+        if node.LR_STEP not in LR_STEPS:
+            raise ValueError(f"{name}.LR_STEP={node.LR_STEP!r}; choose one of {', '.join(LR_STEPS)}")
+        if node.ITERS_PER_SHOT > 0 and cfg.DATASET.NUM_SHOTS < 1:
+            raise ValueError(f"{name}.ITERS_PER_SHOT={node.ITERS_PER_SHOT} needs DATASET.NUM_SHOTS >= 1 (got "
+                             f"{cfg.DATASET.NUM_SHOTS}); set {name}.ITERS_PER_SHOT 0 to train OPTIM.MAX_EPOCH epochs")
+        if node.LR_STEP == "epoch" and node.ITERS_PER_SHOT > 0:
+            raise ValueError(f"{name}.LR_STEP epoch steps OPTIM.LR_SCHEDULER over OPTIM.MAX_EPOCH epochs; set "
+                             f"{name}.ITERS_PER_SHOT 0 with it (or LR_STEP iter for an iteration budget)")
+        if node.LR_STEP == "iter" and cfg.OPTIM.WARMUP_EPOCH > 0:
+            raise ValueError(f"{name}.LR_STEP iter has no warmup; set OPTIM.WARMUP_EPOCH -1 or LR_STEP epoch")
+        if node.TEMPLATE and node.TEMPLATE.count("{}") != 1:
+            raise ValueError(f"{name}.TEMPLATE={node.TEMPLATE!r} must contain one '{{}}' for the class name")
+        if not 0 <= node.LABEL_SMOOTHING < 1:
+            raise ValueError(f"{name}.LABEL_SMOOTHING={node.LABEL_SMOOTHING}; it must be in [0, 1)")
+        if node.PATIENCE < 0 or (node.PATIENCE > 0 and cfg.TEST.FINAL_MODEL != "best_val"):
+            raise ValueError(f"{name}.PATIENCE={node.PATIENCE} needs TEST.FINAL_MODEL best_val (validation after "
+                             "every epoch) and must be >= 0; set PATIENCE 0 to train without early stopping")
+        super().check_cfg(cfg)
+
+    def template(self) -> str:
+        from ..zsclip import dataset_template  # the per-dataset template table (a data table, not a method)
+
+        return self.method_cfg().TEMPLATE or dataset_template(self.cfg.DATASET.NAME)
+
+    # ------------------------------------------------------------------ data and training length
+    def build_data_loader(self) -> None:
+        super().build_data_loader()
+        loader = self.build_train_loader()
+        node = self.method_cfg()
+        per_epoch = len(loader)
+        if node.ITERS_PER_SHOT > 0:
+            self.total_iters = node.ITERS_PER_SHOT * self.cfg.DATASET.NUM_SHOTS
+            self.max_epoch = math.ceil(self.total_iters / per_epoch)
+        else:
+            self.total_iters = self.max_epoch * per_epoch
+        self.train_loader_x = IterationBudgetLoader(loader, self.total_iters, lambda: self.epoch)
+        logger.info(f"Training for {self.total_iters} iterations ({self.max_epoch} epochs of up to {per_epoch} "
+                    f"batches)")
+
+    def build_train_loader(self):
+        """The loader of training batches (DISEF pairs real with synthetic images); default Dassl's."""
+        return self.train_loader_x
+
+    # ------------------------------------------------------------------ model
+    def lora_specs(self):
+        node = self.method_cfg()
+        return lora_specs(node.ENCODER, node.R, node.ALPHA, node.DROPOUT, node.PARAMS, node.POSITION, node.SCALING,
+                          text_r=node.TEXT_R, vision_r=node.VISION_R)
+
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
+        node = self.method_cfg()
+        template = self.template()
+        prompts = [template.format(name.replace("_", " ")) for name in classnames]
+        logger.info(f"Prompts ({len(prompts)}): {prompts[:5]}{' ...' if len(prompts) > 5 else ''}")
+        self.adapt_text = node.ENCODER in ("text", "both")
+        self.adapt_vision = node.ENCODER in ("vision", "both")
+        lora = apply_lora(clip_model, self.lora_specs())
+        return LoRACLIP(lora, clip_model, clip.tokenize(prompts).long(),
+                        truncate_at_eot=self.cfg.MODEL.TEXT_ENCODER_TRUNCATE, logit_scale=node.LOGIT_SCALE)
+
+    def freeze_all_but_learnable(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Freeze everything, then unfreeze the A/B tensors (by identity: they are registered twice)."""
+        model.requires_grad_(False)
+        model.lora.requires_grad_(True)
+        n_params = sum(p.numel() for p in model.lora.parameters())
+        logger.info(f"Turning off gradients outside the LoRA tensors: {n_params:,} learnable parameters")
+        logger.debug(f"Parameters to be updated: {[name for name, _ in model.lora.named_parameters()]}")
+        return {"lora": model.lora}
+
+    def build_optimizer_and_scheduler(self, name: str, module: nn.Module) -> tuple[Any, Any]:
+        optim = build_optimizer(module, self.cfg.OPTIM)
+        node = self.method_cfg()
+        if node.LR_STEP == "epoch":
+            return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
+        if self.cfg.OPTIM.LR_SCHEDULER != "cosine":
+            logger.warning(f"LR_STEP iter always runs a cosine schedule; OPTIM.LR_SCHEDULER="
+                           f"{self.cfg.OPTIM.LR_SCHEDULER} is ignored")
+        return optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.total_iters, eta_min=node.ETA_MIN)
+
+    # ------------------------------------------------------------------ training step
+    def frozen_text_features(self) -> Tensor:
+        """Text features of the un-adapted text tower, computed once (ENCODER vision)."""
+        if self._frozen_text is None:
+            with torch.no_grad():
+                self._frozen_text = self.model.encode_text()
+        return self._frozen_text
+
+    def forward_train(self, image: Tensor, label: Tensor) -> Tensor:
+        """Logits with text features re-encoded at every step (when the text tower is adapted)."""
+        text_features = self.model.encode_text() if self.adapt_text else self.frozen_text_features()
+        with torch.set_grad_enabled(self.adapt_vision):
+            image_features = self.model.encode_image(image)
+        return self.model.logits(image_features, text_features)
+
+    def compute_loss(self, output: Tensor, label: Tensor) -> Tensor:
+        return F.cross_entropy(output, label, label_smoothing=self.method_cfg().LABEL_SMOOTHING)
+
+    def forward_backward(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            output = self.forward_train(image, label)
+            loss = self.compute_loss(output, label)
+        self.backward_and_update(loss)
+        summary = self.loss_summary(output, label, loss)
+        if self.method_cfg().LR_STEP == "iter" or (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    # ------------------------------------------------------------------ evaluation
+    def test(self, split: Optional[str] = None) -> float:
+        self._eval_text = None  # re-encode the class prompts once per evaluation
+        return super().test(split)
+
+    def model_inference(self, image: Tensor) -> Tensor:
+        with self.autocast():
+            if self._eval_text is None:
+                self._eval_text = self.model.encode_text() if self.adapt_text else self.frozen_text_features()
+            return self.model.logits(self.model.encode_image(image), self._eval_text).float()
+
+    # ------------------------------------------------------------------ early stopping
+    def _early_stop_path(self, directory: Optional[str] = None) -> str:
+        return osp.join(directory or self.output_dir, EARLY_STOP_FILE)
+
+    def before_train(self) -> None:
+        super().before_train()  # resumes from the last checkpoint, if any
+        self._bad_epochs = 0
+        path = self._early_stop_path(self.cfg.RESUME or self.output_dir)
+        if self.method_cfg().PATIENCE > 0 and self.start_epoch > 0 and osp.isfile(path):
+            with open(path) as f:
+                state = json.load(f)
+            if state["epoch"] + 1 == self.start_epoch:
+                self.best_result, self._bad_epochs = state["best_result"], state["bad_epochs"]
+                if state["stopped"]:
+                    logger.info(f"Early stopping already happened at epoch {state['epoch'] + 1}; not training")
+                    raise EarlyStop
+
+    def after_epoch(self) -> None:
+        best_before = self.best_result
+        super().after_epoch()  # validates and saves model-best when TEST.FINAL_MODEL is best_val
+        node = self.method_cfg()
+        if node.PATIENCE <= 0:
+            return
+        self._bad_epochs = 0 if self.best_result > best_before else self._bad_epochs + 1
+        limit = node.PATIENCE + 1 if node.PATIENCE_LITERAL else node.PATIENCE
+        last_epoch = self.epoch + 1 == self.max_epoch
+        stop = self._bad_epochs >= limit and not last_epoch
+        if stop:
+            self.save_model(self.epoch, self.output_dir)  # so a re-run resumes here, then finds "stopped"
+        state = {"epoch": self.epoch, "best_result": float(self.best_result), "bad_epochs": self._bad_epochs,
+                 "stopped": stop}
+        tmp = self._early_stop_path() + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self._early_stop_path())
+        if stop:
+            logger.info(f"Early stopping after epoch {self.epoch + 1}: no better val accuracy for "
+                        f"{self._bad_epochs} epochs (best {self.best_result:.2f})")
+            raise EarlyStop
+
+    def train(self) -> None:
+        try:
+            super().train()
+        except EarlyStop:
+            self.after_train()
+
+    def after_train(self) -> None:
+        super().after_train()  # deploys model-best (TEST.FINAL_MODEL best_val) and tests
+        path = osp.join(self.output_dir, LORA_FILE)
+        save_lora(path, self.model.lora, {"backbone": self.cfg.MODEL.BACKBONE.NAME, "trainer": type(self).__name__})
+        logger.info(f"LoRA weights saved to {path}")
