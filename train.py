@@ -21,6 +21,7 @@ import torch
 from dassl.engine import build_trainer
 from dassl.utils import (
     UnreadableImageError,
+    close_logger,
     collect_env_info,
     destroy_distributed,
     init_distributed,
@@ -192,6 +193,8 @@ def cli(argv=None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}  (set VLPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        close_logger()  # a later run in the same process must not write into this run's log.txt
     return 0
 
 

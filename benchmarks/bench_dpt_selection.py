@@ -118,10 +118,10 @@ def run_case(case: str, args, weight: torch.Tensor, device: torch.device) -> dic
     reference_embed(sequences[0], weight), ours_embed(sequences[0], weight)  # warm-up
     ref_times, our_times, max_diff, same = [], [], 0.0, 0
     for _ in range(args.repeats):
-        oracle._memo.clear()  # each repeat starts from an empty memo
+        oracle.clear()  # each repeat starts from an empty memo
         for scores in sequences:
             if case == "fresh":
-                oracle._memo.clear()
+                oracle.clear()
             t_ref, (ctx_ref, ids_ref) = timed(lambda: reference_embed(scores, weight), device)
             t_our, (ctx_our, ids_our) = timed(lambda: ours_embed(scores, weight), device)
             ref_times.append(t_ref)

@@ -3,9 +3,10 @@
 Offline stand-in for COCO-LT / VOC-LT (LMPT, Xia et al., arXiv:2305.04536; ``shared/specs/lmpt.md`` §1).
 Classes are those of ``Synthetic`` ("red circle", "green square", ...; ``datasets/synthetic.py``). Each image
 is a 2x2 grid: every present class is drawn (``draw_shape``) in its own random cell, so no shape hides another,
-on a grey background (``BACKGROUND plain``) or on a ``render_image`` textured tile (``textured``). Class ``c`` is present with probability
-``MAX_PRESENCE * IMBALANCE^(-c / (C - 1))`` (long-tailed: class 0 is the most frequent), at most
-``MAX_LABELS`` per image and at least one. Every image has a caption such as
+on a grey background (``BACKGROUND plain``) or on a ``render_image`` textured tile (``textured``; a random
+tiny CLIP reads almost nothing from those). Class ``c`` is present with probability
+``MAX_PRESENCE * IMBALANCE^(-c / (C - 1))`` (long-tailed: class 0 is the most frequent), at most ``MAX_LABELS``
+per image and at least one. Every image has a caption such as
 "a photo of a red circle and an orange star", used by LMPT's class-specific embedding loss.
 
 Like COCO-LT / VOC-LT the dataset exposes ``class_freq`` / ``neg_class_freq`` / ``cls_num_list`` (training
@@ -153,7 +154,8 @@ class SyntheticMultiLabel(DatasetBase):
             raise ValueError(f"DATASET.SYNTHETIC_ML: IMBALANCE={sc.IMBALANCE} must be >= 1 and "
                              f"MAX_PRESENCE={sc.MAX_PRESENCE} in (0, 1]")
         if sc.BACKGROUND not in BACKGROUNDS:
-            raise ValueError(f"DATASET.SYNTHETIC_ML.BACKGROUND={sc.BACKGROUND!r}; choose one of {', '.join(BACKGROUNDS)}")
+            raise ValueError(f"DATASET.SYNTHETIC_ML.BACKGROUND={sc.BACKGROUND!r}; "
+                             f"choose one of {', '.join(BACKGROUNDS)}")
         if cfg.DATASET.NUM_SHOTS >= 1 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
             raise ValueError("SyntheticMultiLabel: multi-label data supports neither DATASET.NUM_SHOTS >= 1 nor "
                              "DATASET.SUBSAMPLE_CLASSES != 'all'; reset them to -1 and 'all'")

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,22 @@ def test_config_errors_are_one_line(data_root, tmp_path, capsys, opts, message):
     assert run_train(dpt_args(data_root, str(tmp_path / "run"), opts=opts)) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_fp16_recipe_keeps_scores_fp32(tiny_clip):
+    """Under PREC fp16 (OpenAI's half recipe + CoOp's learnable cast) the scores stay fp32 and get an fp32
+    gradient while proj is half (FP32_SCORES, spec §4.5); the visual prompt follows the activation dtype (§5.8)."""
+    from trainers.common.clip_loading import cast_clip, cast_learnable
+
+    half_clip = cast_clip(copy.deepcopy(tiny_clip), "fp16")
+    torch.manual_seed(0)
+    toggler = DiscretePrompt(2, V, init_std=0.004)
+    initial = toggler.scores.detach().clone()
+    learner = DPTPromptLearner(CLASSNAMES, half_clip, toggler, visual_width=128)
+    cast_learnable(learner, half_clip)
+    assert toggler.scores.dtype == torch.float32 and torch.equal(toggler.scores.detach(), initial)
+    assert learner.proj.weight.dtype == torch.float16
+    logits = DPTCLIP(learner, TextEncoder(half_clip), half_clip)(images(2))
+    assert logits.dtype == torch.float16
+    logits.float().logsumexp(dim=1).sum().backward()
+    assert toggler.scores.grad.dtype == torch.float32 and toggler.scores.grad.abs().max() > 0

@@ -8,6 +8,10 @@ adversarial score matrices; every selection must avoid BOS/EOS and round-trip.
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +224,17 @@ def test_oracle_equals_brute_force():
         assert oracle(ids) == round_trips(ids)  # memo hit gives the same answer
     assert oracle.hits >= len(tuples)
     assert oracle([BOS]) and oracle([EOS])  # why the special-token filter is needed (spec §4.1)
+
+
+def test_benchmark_reference_loop_agrees():
+    """Smoke run of benchmarks/bench_dpt_selection.py at a tiny size: the reference-style loop (unstable argsort,
+    .item() loop, one-hot matmul) and ours give the same context embeddings."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "bench_dpt_selection.py")
+    spec = importlib.util.spec_from_file_location("bench_dpt_selection", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    weight = torch.randn(V, 8, generator=torch.Generator().manual_seed(0))
+    args = argparse.Namespace(n_ctx=3, draws=3, repeats=1)
+    row = bench.run_case("fresh", args, weight, torch.device("cpu"))
+    assert row["max_abs_diff"] == 0.0 and row["same_ids"] == 1.0, row

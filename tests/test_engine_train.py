@@ -143,3 +143,34 @@ def test_bad_input_is_one_clear_line(case, data_root, tmp_path):
     assert len(err_lines) == 1 and err_lines[0].startswith("error: "), proc.stderr
     for pattern in expect:
         assert re.search(pattern, err_lines[0]), err_lines[0]
+
+
+def test_resumed_best_val_run_keeps_its_best(data_root, tmp_path, monkeypatch):
+    """A best_val run stopped after epoch 2 resumes knowing the best val result saved so far."""
+    from dassl.engine.trainer import SimpleTrainer
+
+    opts = ["TRAIN.CHECKPOINT_FREQ", "1", "TEST.FINAL_MODEL", "best_val"]
+    original = SimpleTrainer.after_epoch
+
+    def interrupted(self):
+        original(self)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(toy_args(data_root, str(tmp_path), seed=2, opts=opts))
+    saved = torch.load(tmp_path / "model" / "model-best.pth.tar", weights_only=True)["val_result"]
+    assert isinstance(saved, float)
+
+    seen = {}
+    original_before = SimpleTrainer.before_train
+
+    def record(self):
+        original_before(self)
+        seen["best"] = self.best_result
+
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", original)
+    monkeypatch.setattr(SimpleTrainer, "before_train", record)
+    assert run_train(toy_args(data_root, str(tmp_path), seed=2, opts=opts)) == 0
+    assert seen["best"] == saved

@@ -10,15 +10,21 @@ the one-hot selection (``trainers/common/discrete_prompt.py``).  Text prompt: ``
 name . [EOT]``; image side: ``proj = Linear(text width -> ViT width)`` of the same embeddings, appended after the
 ViT patch tokens (``SHARED_VISUAL``).  Only ``S`` and ``proj`` are trained, with cross-entropy.
 
-Deviations from the reference, each with its literal switch (spec section in brackets):
+Deviations from the reference, with their literal switches where one can exist (spec section in brackets):
 - hyperparameters are config keys (``TRAINER.DPT.*``, ``OPTIM.*``), not the env vars NUM_CONTEXT, MAX_EPOCH,
   MOMENTUM, WEIGHT_STD, NOFILTER, NOSELECT, NOSHARED, DIR [§2.3, §5.3]; per-dataset best settings are presets
   ``configs/trainers/DPT/vit_b16_best_<dataset>.yaml`` [§3.2];
-- selection has an iteration cap with a safe-token fallback and deterministic tie-breaks [§4.3, §4.4];
-  ``SELECT_MODE reference`` keeps the reference's repair order (rank used as token id, largest gap first) and
-  ``paper`` is Algorithm 1 (smallest gap first) [§5.1];
+- ``SELECT_MODE reference`` keeps the reference's repair order (rank used as token id, largest gap first) and
+  ``paper`` is Algorithm 1 (smallest gap first) [§5.1]; both stop after ``MAX_SELECT_ITERS`` iterations with a
+  safe-token fallback (the reference can run past the vocabulary; a huge value is the literal behaviour) [§4.3];
+  ties are broken by (score desc, id asc) with stable sorts, where the reference's unstable argsort left them to
+  the kernel (no literal switch: that order is not reproducible) [§4.4];
+- exact speed-ups, same selections and gradients: stable top-``TOPK`` instead of a full sort, a memoised
+  round-trip check, batched repair trials, and ``E[ids]`` instead of ``one_hot @ E`` (``DENSE_ONEHOT`` is the
+  literal matmul) [§1.5];
 - ``S`` is kept in fp32 under fp16 (``FP32_SCORES``; ``False`` = the reference's fp16 scores) [§4.5];
-- the visual prompt is cast to the activation dtype, not ``.half()`` [§5.8];
+- the visual prompt is cast to the activation dtype, not ``.half()`` (identical under fp16, where the reference
+  ran; its cast breaks fp32/amp, so there is no literal switch) [§5.8];
 - the CoPrompt distillation forward (frozen CLIP on a 2nd view, GPT prompts), adapters and the unused continuous
   ``ctx`` are gone: their outputs never reached the loss, so ``TRAINER.W``/``DISTILL`` have no counterpart [§2.2,
   §5.2, §5.9]; use ``DATALOADER.K_TRANSFORMS 1`` (the 2nd view only fed that dead branch);
@@ -268,8 +274,10 @@ class DPT(ClipPromptTrainer):
 
     def after_epoch(self) -> None:
         record = self.model.prompt_learner.describe()
-        self.log_prompt(f"DPT prompt after epoch {self.epoch + 1}/{self.max_epoch}", record,
-                        f" ({self._prompt_changes} changes during the epoch)")
+        fallbacks = self.model.prompt_learner.emb_toggler.fallbacks
+        note = f" ({self._prompt_changes} changes during the epoch" + (
+            f", {fallbacks} capped selections so far)" if fallbacks else ")")
+        self.log_prompt(f"DPT prompt after epoch {self.epoch + 1}/{self.max_epoch}", record, note)
         self.write_scalar("train/prompt_changes", self._prompt_changes, self.epoch + 1)
         if self._writer is not None:
             self._writer.add_text("train/prompt", f'"{record["prompt"]}" -> "{record["template"]}"', self.epoch + 1)

@@ -68,6 +68,12 @@ MULTILABEL_EVALUATOR = "MultiLabelClassification"
 # DB-loss constants hard-coded per dataset in LMPT's train.py (spec §3.1): (NEG_SCALE, MAP_MU).
 DBL_DATASET_CONSTANTS = {"COCOLT": (2.0, 0.2), "VOCLT": (5.0, 0.3)}
 DBL_FALLBACK_DATASET = "COCOLT"  # other datasets take COCO-LT's constants unless set explicitly
+# TRAINER.LMPT keys with a fixed set of values (checked in check_cfg)
+CHOICE_KEYS = {
+    "CLASS_TOKEN_POSITION": CLASS_TOKEN_POSITIONS, "CLS_LOSS": CLS_LOSSES, "VAL_SOURCE": VAL_SOURCES,
+    "DBL.FOCAL": DBL_FOCAL_MODES, "ASL.REDUCTION": ("mean", "sum"), "CSE.FORM": CSE_FORMS, "CSE.FREQ": CSE_FREQS,
+    "CSE.DIST_REDUCE": CSE_DIST_REDUCES,
+}
 
 
 @register_cfg_defaults
@@ -219,32 +225,27 @@ class LMPT(ClipPromptTrainer):
 
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.LMPT
+        if cfg.TEST.EVALUATOR != MULTILABEL_EVALUATOR:
+            raise ValueError(f"TEST.EVALUATOR={cfg.TEST.EVALUATOR!r}; LMPT needs {MULTILABEL_EVALUATOR} "
+                             "(set it in the YAML)")
+        for key, allowed in CHOICE_KEYS.items():
+            value = functools.reduce(getattr, key.split("."), node)
+            if value not in allowed:
+                raise ValueError(f"TRAINER.LMPT.{key}={value!r}; choose one of {', '.join(allowed)}")
         checks = [
-            (cfg.TEST.EVALUATOR == MULTILABEL_EVALUATOR,
-             f"TEST.EVALUATOR={cfg.TEST.EVALUATOR!r}; LMPT needs {MULTILABEL_EVALUATOR} (set it in the YAML)"),
-            (node.CLASS_TOKEN_POSITION in CLASS_TOKEN_POSITIONS, f"TRAINER.LMPT.CLASS_TOKEN_POSITION="
-             f"{node.CLASS_TOKEN_POSITION!r}; choose one of {', '.join(CLASS_TOKEN_POSITIONS)}"),
             (bool(node.CTX_INIT) or node.N_CTX >= 1, f"TRAINER.LMPT.N_CTX={node.N_CTX}; use >= 1 or set CTX_INIT"),
             (0 <= node.M_CTX < CONTEXT_LENGTH, f"TRAINER.LMPT.M_CTX={node.M_CTX}; choose 0..{CONTEXT_LENGTH - 1}"),
             (0.0 <= node.LAM <= 1.0, f"TRAINER.LMPT.LAM={node.LAM}; it must be in [0, 1]"),
             (node.INIT_STD > 0, f"TRAINER.LMPT.INIT_STD={node.INIT_STD}; it must be > 0"),
-            (node.CLS_LOSS in CLS_LOSSES, f"TRAINER.LMPT.CLS_LOSS={node.CLS_LOSS!r}; choose one of {', '.join(CLS_LOSSES)}"),
-            (node.DBL.FOCAL in DBL_FOCAL_MODES,
-             f"TRAINER.LMPT.DBL.FOCAL={node.DBL.FOCAL!r}; choose one of {', '.join(DBL_FOCAL_MODES)}"),
-            (node.ASL.REDUCTION in ("mean", "sum"), f"TRAINER.LMPT.ASL.REDUCTION={node.ASL.REDUCTION!r}; choose mean or sum"),
-            (node.CSE.FORM in CSE_FORMS, f"TRAINER.LMPT.CSE.FORM={node.CSE.FORM!r}; choose one of {', '.join(CSE_FORMS)}"),
-            (node.CSE.FREQ in CSE_FREQS, f"TRAINER.LMPT.CSE.FREQ={node.CSE.FREQ!r}; choose one of {', '.join(CSE_FREQS)}"),
-            (node.CSE.DIST_REDUCE in CSE_DIST_REDUCES, f"TRAINER.LMPT.CSE.DIST_REDUCE={node.CSE.DIST_REDUCE!r}; "
-             f"choose one of {', '.join(CSE_DIST_REDUCES)}"),
             (node.CSE.MARGIN > 0, f"TRAINER.LMPT.CSE.MARGIN={node.CSE.MARGIN}; it must be > 0"),
             (node.CAPTION_MAX_CHARS == -1 or node.CAPTION_MAX_CHARS > 0,
              f"TRAINER.LMPT.CAPTION_MAX_CHARS={node.CAPTION_MAX_CHARS}; use -1 (no cut) or > 0"),
-            (node.VAL_SOURCE in VAL_SOURCES,
-             f"TRAINER.LMPT.VAL_SOURCE={node.VAL_SOURCE!r}; choose one of {', '.join(VAL_SOURCES)}"),
             (0.0 < node.VAL_FRACTION < 1.0, f"TRAINER.LMPT.VAL_FRACTION={node.VAL_FRACTION}; it must be in (0, 1)"),
-            (not (node.PLATEAU.ENABLED and cfg.OPTIM.WARMUP_EPOCH > 0), f"OPTIM.WARMUP_EPOCH={cfg.OPTIM.WARMUP_EPOCH} "
-             "has no effect with TRAINER.LMPT.PLATEAU.ENABLED; set it to 0 or disable the plateau schedule"),
-            (0.0 < node.PLATEAU.FACTOR < 1.0, f"TRAINER.LMPT.PLATEAU.FACTOR={node.PLATEAU.FACTOR}; it must be in (0, 1)"),
+            (not (node.PLATEAU.ENABLED and cfg.OPTIM.WARMUP_EPOCH > 0),
+             f"OPTIM.WARMUP_EPOCH={cfg.OPTIM.WARMUP_EPOCH} has no effect with TRAINER.LMPT.PLATEAU.ENABLED; "
+             "set it to 0 or disable the plateau schedule"),
+            (0.0 < node.PLATEAU.FACTOR < 1.0,
+             f"TRAINER.LMPT.PLATEAU.FACTOR={node.PLATEAU.FACTOR}; it must be in (0, 1)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,7 +10,8 @@ Every class is scored independently by ``100 cos(image, text)``; the multi-label
   spaces and cut to the first 76 characters (≈ three templates).
 Fixed on purpose (spec §4.5, §6.16): the repository took only the first word of each class name ("traffic",
 "hot", "dining", "baseball" twice); here the full names are used in both modes. The repository skipped the
-48 unlabelled COCO-LT test images; they are kept here (they only add negatives).
+48 unlabelled COCO-LT test images; they are kept here (they only add negatives). Its P/R/F1 came from top-5
+predictions; here they use ``TEST.MULTILABEL.THRESHOLD`` like every multi-label run.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class ZeroshotCLIPMultiLabel(ZeroshotCLIP):
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.ZEROSHOTCLIPMULTILABEL
         if node.TEXT not in TEXT_MODES:
-            raise ValueError(f"TRAINER.ZEROSHOTCLIPMULTILABEL.TEXT={node.TEXT!r}; choose one of {', '.join(TEXT_MODES)}")
+            raise ValueError(f"TRAINER.ZEROSHOTCLIPMULTILABEL.TEXT={node.TEXT!r}; "
+                             f"choose one of {', '.join(TEXT_MODES)}")
         if node.TEXT == "template" and node.TEMPLATE.count("{}") != 1:
             raise ValueError(f"TRAINER.ZEROSHOTCLIPMULTILABEL.TEMPLATE={node.TEMPLATE!r} needs exactly one {{}}")
         if cfg.TEST.EVALUATOR != "MultiLabelClassification":

@@ -353,10 +353,23 @@ class SimpleTrainer(TrainerBase):
         if self.cfg.RESUME:
             directory = self.cfg.RESUME
         self.start_epoch = self.resume_model_if_exist(directory)
+        if self.start_epoch > 0:
+            self.best_result = self._saved_best_result(directory)
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
         self.time_start = time.time()
+
+    def _saved_best_result(self, directory):
+        """The val result of ``model-best.pth.tar`` (so a resumed best_val run keeps its best), else -inf."""
+        names = self.get_model_names()
+        path = osp.join(directory, names[0], "model-best.pth.tar") if names else ""
+        if path and osp.exists(path):
+            val_result = load_checkpoint(path).get("val_result")
+            if val_result is not None:
+                logger.info(f"Best val result so far: {val_result:.4f}")
+                return val_result
+        return -np.inf
 
     def after_train(self):
         logger.info("Finish training")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Cross-dataset / domain-generalisation target: evaluate the xd_train.sh model on another dataset
+# (CoCoOp's scripts/cocoop/xd_test.sh; coop_family.md §8.7).
+#   bash scripts/cocoop/xd_test.sh DATASET SEED [KEY VALUE ...]    e.g. ... xd_test.sh imagenetv2 1
+# Same env as xd_train.sh (SOURCE instead of DATASET, default imagenet), plus LOADEP (default: the last
+# epoch the source run saved; CoCoOp hard-coded 10).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+if [ $# -lt 2 ]; then sed -n '2,7p' "$0"; exit 1; fi
+TRAINER="${TRAINER:-CoCoOp}"
+CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
+SHOTS="${SHOTS:-16}"
+SOURCE="${SOURCE:-imagenet}"
+DATASET=$1; SEED=$2; shift 2
+require_file "configs/datasets/${DATASET}.yaml" "dataset config"
+require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
+
+MODEL_DIR="${OUTPUT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+DIR="${OUTPUT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}"
+run_exists "$DIR" && exit 0
+if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/cocoop/xd_train.sh first" >&2; exit 1; fi
+LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
+"$PYTHON" train.py \
+    --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
+    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
+    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+    --output-dir "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only "$@"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Cross-dataset / domain-generalisation source run: train on all ImageNet classes, 16 shots
+# (CoCoOp's scripts/cocoop/xd_train.sh; coop_family.md §8.6).
+#   bash scripts/cocoop/xd_train.sh SEED [KEY VALUE ...]
+# Env: TRAINER (default CoCoOp), CFG (default vit_b16_c4_ep10_batch1_ctxv1), SHOTS (16), DATASET (imagenet),
+# DATA, OUTPUT, PYTHON.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+if [ $# -lt 1 ]; then sed -n '2,7p' "$0"; exit 1; fi
+TRAINER="${TRAINER:-CoCoOp}"
+CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
+SHOTS="${SHOTS:-16}"
+DATASET="${DATASET:-imagenet}"
+SEED=$1; shift 1
+require_file "configs/datasets/${DATASET}.yaml" "dataset config"
+require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
+
+DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+run_exists "$DIR" && exit 0
+"$PYTHON" train.py \
+    --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
+    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
+    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+    --output-dir "$DIR" \
+    DATASET.NUM_SHOTS "$SHOTS" "$@"

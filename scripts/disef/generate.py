@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Generate DISEF's synthetic training images for a vlprompt dataset (resumable; see --help).
+
+    python scripts/disef/generate.py --root DATA --dataset-config-file configs/datasets/flowers102.yaml \
+        --seed 1 --num-shots 16 --subsample-classes base --output-dir output/disef_images/flowers102/seed1 \
+        --images-per-class 64 --filter-backbone ViT-B/16 [--quantize-4bit] [--f1-threshold 0.7 --filter-lora L.pt]
+
+Re-running the same command continues where a previous run stopped. The pipeline, its defaults and the
+seed-notebook fixes are documented in ``trainers/common/disef_generation.py`` (``python -m
+trainers.common.disef_generation`` is the same command).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from trainers.common.disef_generation import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""CLIP_LoRA trainer (trainers/clip_lora.py + trainers/common/lora_trainer.py) on the synthetic dataset, CPU.
+
+Checked: CLIP-LoRA beats ZeroshotCLIP on the base classes with the tiny CLIP (random ``tiny-vit``, whose
+zero-shot accuracy is at chance); the run lasts exactly ITERS_PER_SHOT x shots iterations with a per-iteration
+cosine ending at ETA_MIN; only LoRA tensors train and are checkpointed, and an eval-only run on the novel classes
+reloads them; early stopping restores the best epoch (also after a resume) and the literal switch stops one
+epoch later; bad settings fail in check_cfg with the key in the message.
+"""
+from __future__ import annotations
+
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+from clip_prompt_fixtures import build, build_cfg, eval_only, train_and_test
+from dassl.utils.logger import close_logger
+from trainers.clip_lora import CLIP_LoRA
+
+CONFIG = "configs/trainers/CLIP_LoRA/tiny_vit_qkv_r2_a1_iters10_batch8.yaml"
+ZS_CONFIG = "configs/trainers/ZeroshotCLIP/tiny_vit.yaml"
+BASE = ["DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base"]
+ITERS_PER_SHOT = 10
+
+
+@pytest.fixture(scope="module")
+def base_run(data_root, tmp_path_factory):
+    """CLIP-LoRA trained on the base classes (5 classes x 8 shots, batch 8: 5 batches per epoch, 80 iterations)."""
+    out = str(tmp_path_factory.mktemp("clip_lora") / "base")
+    cfg = build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=BASE, backbone="tiny-vit")
+    trainer, accuracy = train_and_test(cfg)
+    return {"trainer": trainer, "accuracy": accuracy, "out": out, "cfg": cfg}
+
+
+def test_beats_zero_shot_on_base_classes(base_run, data_root, tmp_path):
+    cfg = build_cfg("ZeroshotCLIP", ZS_CONFIG, str(tmp_path / "zs"), data_root, opts=BASE, backbone="tiny-vit")
+    _, zero_shot = train_and_test(cfg)
+    assert base_run["accuracy"] >= zero_shot + 15, (base_run["accuracy"], zero_shot)
+
+
+def test_iteration_budget_and_per_iteration_cosine(base_run):
+    """8 shots x 10 = 80 iterations = 16 epochs of 5 batches; the LR after step t is the cosine to 1e-6."""
+    trainer = base_run["trainer"]
+    total = ITERS_PER_SHOT * 8
+    per_epoch = len(trainer.train_loader_x.loader)
+    assert trainer.total_iters == total and trainer.max_epoch == math.ceil(total / per_epoch) == 16
+    scheduler = trainer._scheds["lora"]
+    assert scheduler.last_epoch == total  # stepped once per iteration
+    lr, eta_min = trainer.cfg.OPTIM.LR, trainer.cfg.TRAINER.CLIP_LORA.ETA_MIN
+    assert trainer.get_current_lr() == pytest.approx(eta_min)
+    scheduler.last_epoch = 20
+    expected = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * 20 / total)) / 2
+    assert scheduler._get_closed_form_lr()[0] == pytest.approx(expected)
+    scheduler.last_epoch = total
+
+
+def test_only_lora_trains_and_is_checkpointed(base_run):
+    trainer = base_run["trainer"]
+    model = trainer.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("lora.") and "w_lora_" in n for n in trainable)
+    checkpoint = torch.load(osp.join(base_run["out"], "lora", "model.pth.tar-16"), weights_only=True)
+    keys = list(checkpoint["state_dict"])
+    assert keys == list(model.lora.state_dict())
+    assert all(k.split(".")[0].startswith("layer_") and k.split(".")[-1] in ("w_lora_A", "w_lora_B") for k in keys)
+    assert sum(t.numel() for t in checkpoint["state_dict"].values()) == sum(p.numel() for p in model.lora.parameters())
+    lora_file = torch.load(osp.join(base_run["out"], "lora_weights.pt"), weights_only=True)
+    assert lora_file["metadata"]["backbone"] == "tiny-vit" and lora_file["metadata"]["r"] == 2
+
+
+def test_eval_only_on_novel_classes_reloads_lora(base_run, data_root, tmp_path):
+    close_logger()
+    cfg = build_cfg("CLIP_LoRA", CONFIG, str(tmp_path / "new"), data_root, backbone="tiny-vit",
+                    opts=["DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "new"])
+    trainer, accuracy = eval_only(cfg, base_run["out"], load_epoch=16)
+    trained = base_run["trainer"].model.lora.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in trainer.model.lora.state_dict().items())
+    assert trainer.dm.dataset.classnames != base_run["trainer"].dm.dataset.classnames
+    assert 0 <= accuracy <= 100
+
+
+VALS = [50.0, 60.0, 55.0, 54.0, 53.0, 99.0, 99.0, 99.0]
+
+
+def _scripted_val(monkeypatch, snapshots: dict) -> None:
+    """Validation accuracies come from VALS; the A/B tensors at each validation are recorded."""
+    values = iter(VALS)
+    original = CLIP_LoRA.test
+
+    def test(self, split=None):
+        if split == "val":
+            snapshots[self.epoch] = {k: v.clone() for k, v in self.model.lora.state_dict().items()}
+            return next(values)
+        return original(self, split)
+
+    monkeypatch.setattr(CLIP_LoRA, "test", test)
+
+
+@pytest.mark.parametrize("literal, last_epoch", [(False, 3), (True, 4)])
+def test_early_stopping_restores_best_epoch(data_root, tmp_path, monkeypatch, literal, last_epoch):
+    """Patience 2: best val at epoch index 1; stop after 2 (literal: 3) worse epochs; deploy epoch 1's A/B."""
+    snapshots: dict = {}
+    _scripted_val(monkeypatch, snapshots)
+    opts = BASE + ["TEST.FINAL_MODEL", "best_val", "TRAINER.CLIP_LORA.PATIENCE", "2", "TRAINER.CLIP_LORA.ITERS_PER_SHOT",
+                   "0", "OPTIM.MAX_EPOCH", "8", "TRAINER.CLIP_LORA.PATIENCE_LITERAL", str(literal)]
+    out = str(tmp_path / "es")
+    trainer = build(build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=opts, backbone="tiny-vit"))
+    trainer.train()
+    assert sorted(snapshots) == list(range(last_epoch + 1))
+    deployed = trainer.model.lora.state_dict()
+    assert all(torch.equal(deployed[k], v) for k, v in snapshots[1].items())
+    assert not all(torch.equal(deployed[k], v) for k, v in snapshots[last_epoch].items())
+    close_logger()
+    # A re-run into the same folder resumes, sees the stop and only deploys + tests (no epoch, no validation).
+    snapshots.clear()
+    resumed = build(build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=opts, backbone="tiny-vit"))
+    monkeypatch.setattr(CLIP_LoRA, "run_epoch", lambda self: pytest.fail("trained again after early stopping"))
+    resumed.train()
+    assert snapshots == {}
+    assert all(torch.equal(resumed.model.lora.state_dict()[k], v) for k, v in deployed.items())
+    close_logger()
+
+
+@pytest.mark.parametrize("opts, match", [
+    (["TRAINER.CLIP_LORA.PREC", "fp16"], "TRAINER.CLIP_LORA.PREC"),
+    (["DATASET.NUM_SHOTS", "-1"], "ITERS_PER_SHOT"),
+    (["TRAINER.CLIP_LORA.PATIENCE", "3"], "TEST.FINAL_MODEL best_val"),
+    (["TRAINER.CLIP_LORA.PARAMS", "['q', 'x']"], "TRAINER.CLIP_LORA.PARAMS"),
+    (["TRAINER.CLIP_LORA.TEMPLATE", "a photo"], "TRAINER.CLIP_LORA.TEMPLATE"),
+    (["TRAINER.CLIP_LORA.LR_STEP", "epoch"], "ITERS_PER_SHOT 0"),
+])
+def test_check_cfg_errors(data_root, tmp_path, opts, match):
+    cfg = build_cfg("CLIP_LoRA", CONFIG, str(tmp_path / "bad"), data_root, opts=BASE + opts, backbone="tiny-vit")
+    with pytest.raises(ValueError, match=match):
+        build(cfg)
