@@ -32,7 +32,7 @@ setup(
         "regex",
     ],
     extras_require={
-        "generation": ["diffusers", "transformers", "accelerate"],  # DISEF's captioner + img2img diffusion
+        "generation": ["diffusers", "transformers", "accelerate", "bitsandbytes"],  # DISEF: captioner, img2img, 4-bit
         "cluster": ["submitit"],  # Slurm grids
         "dev": ["pytest", "pytest-xdist", "diffusers", "transformers", "submitit"],
     },

@@ -17,7 +17,9 @@ Two Prompt Tuning Mechanisms for Vision-Language Models", reference LZHMS/MLPT@8
 - ``DATASET.NOISE_LITERAL True``: the reference MLPT ``make_noise`` (bug §9.1): only the first ``NUM_FP``
   items of the class-grouped list get ``randint(0, C - 1)``, which may even be the true label, so roughly one
   class is corrupted.  Use it only to reproduce the reference logs.  A pickle written by the reference at the
-  same path (``split_fewshot/shot_{S}-numfp_{F}-seed_{seed}.pkl``) is read as is in this mode.
+  same path (``split_fewshot/shot_{S}-numfp_{F}-seed_{seed}.pkl``) is read as is in this mode; otherwise the
+  draws come from the seeded RNG below, not from the global stream the reference used, and the few extra class-0
+  items its expand pool corrupted in a first run (§3.2) are not reproduced.
 
 Both are deterministic for a given ``SEED`` (their own ``random.Random``, independent of the global stream) and
 are cached next to the few-shot split: ``<dataset_dir>/split_fewshot/shot_{S}-numfp_{F}[-perclass]-seed_{seed}

@@ -10,6 +10,7 @@ import os.path as osp
 from functools import lru_cache
 from typing import Optional, Sequence
 
+import pytest
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -72,3 +73,18 @@ def pretrained_tiny_dir() -> str:
     state_dict, _ = pretrain_tiny_clip(PretrainConfig(arch="vit"))
     save_state_dict(state_dict, osp.join(folder, PRETRAINED_TINY["tiny-vit-synthetic"][0]))
     return folder
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tests on one torch thread (tiny models; far faster when cores are shared), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    """A dataset root for the module; the Synthetic dataset is drawn there on first use (well under a second)."""
+    return str(tmp_path_factory.mktemp("data"))

@@ -102,8 +102,8 @@ def test_early_stopping_restores_best_epoch(data_root, tmp_path, monkeypatch, li
     """Patience 2: best val at epoch index 1; stop after 2 (literal: 3) worse epochs; deploy epoch 1's A/B."""
     snapshots: dict = {}
     _scripted_val(monkeypatch, snapshots)
-    opts = BASE + ["TEST.FINAL_MODEL", "best_val", "TRAINER.CLIP_LORA.PATIENCE", "2", "TRAINER.CLIP_LORA.ITERS_PER_SHOT",
-                   "0", "OPTIM.MAX_EPOCH", "8", "TRAINER.CLIP_LORA.PATIENCE_LITERAL", str(literal)]
+    opts = BASE + ["TEST.FINAL_MODEL", "best_val", "TRAINER.CLIP_LORA.PATIENCE", "2", "OPTIM.MAX_EPOCH", "8",
+                   "TRAINER.CLIP_LORA.ITERS_PER_SHOT", "0", "TRAINER.CLIP_LORA.PATIENCE_LITERAL", str(literal)]
     out = str(tmp_path / "es")
     trainer = build(build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=opts, backbone="tiny-vit"))
     trainer.train()
@@ -134,3 +134,28 @@ def test_check_cfg_errors(data_root, tmp_path, opts, match):
     cfg = build_cfg("CLIP_LoRA", CONFIG, str(tmp_path / "bad"), data_root, opts=BASE + opts, backbone="tiny-vit")
     with pytest.raises(ValueError, match=match):
         build(cfg)
+
+
+def test_resume_after_kill_is_bit_identical(base_run, data_root, tmp_path, monkeypatch):
+    """Killed after epoch 6 of 16 (mid-budget), re-run into the same folder: the same A/B as uninterrupted."""
+    out = str(tmp_path / "killed")
+    opts = BASE + ["TRAIN.CHECKPOINT_FREQ", "1"]
+    original = CLIP_LoRA.after_epoch
+
+    def after_epoch(self):
+        original(self)
+        if self.epoch == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(CLIP_LoRA, "after_epoch", after_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        build(build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=opts, backbone="tiny-vit")).train()
+    close_logger()
+    monkeypatch.setattr(CLIP_LoRA, "after_epoch", original)
+    resumed = build(build_cfg("CLIP_LoRA", CONFIG, out, data_root, opts=opts, backbone="tiny-vit"))
+    resumed.train()
+    assert resumed.start_epoch == 6
+    expected = base_run["trainer"].model.lora.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in resumed.model.lora.state_dict().items())
+    assert resumed._scheds["lora"].last_epoch == ITERS_PER_SHOT * 8
+    close_logger()

@@ -12,7 +12,6 @@ from collections import defaultdict
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clip_prompt_fixtures import build, build_cfg, train_and_test
 from dassl.data.datasets import build_dataset
@@ -155,6 +154,45 @@ def test_f1_threshold_selects_synthetic_classes(data_root, tmp_path, synthetic_d
 
 
 def test_check_cfg_errors(data_root, tmp_path):
-    for opts, match in ((["TRAINER.DISEF.LAMBDA", "1.5"], "LAMBDA"), (["TRAINER.DISEF.BATCHING", "zip"], "BATCHING")):
-        with pytest.raises(ValueError, match=match):
+    for opts, match in ((["TRAINER.DISEF.LAMBDA", "1.5"], "LAMBDA"), (["TRAINER.DISEF.BATCHING", "zip"], "BATCHING"),
+                        (["TRAINER.DISEF.SYN_DIR", str(tmp_path / "missing")], "SYN_DIR")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
             build(build_cfg("DISEF", CONFIG, str(tmp_path / "bad"), data_root, opts=BASE + opts, backbone="tiny-vit"))
+
+
+def _lora_configs() -> list[tuple[str, str]]:
+    import glob
+    import os.path as osp
+
+    from clip_prompt_fixtures import REPO
+
+    return [(trainer, osp.relpath(path, REPO)) for trainer in ("CLIP_LoRA", "DISEF")
+            for path in sorted(glob.glob(osp.join(REPO, "configs", "trainers", trainer, "*.yaml")))]
+
+
+@pytest.mark.parametrize("trainer, path", _lora_configs(), ids=lambda x: x.rsplit("/", 1)[-1])
+def test_configs_say_what_their_names_say(trainer, path, tmp_path):
+    """Every CLIP_LoRA / DISEF YAML loads; params, ranks, alpha, epochs/iterations, lambda, lr, batch match the name."""
+    import re
+
+    cfg = build_cfg(trainer, path, str(tmp_path), str(tmp_path))
+    node, name = cfg.TRAINER[trainer.upper()], path.rsplit("/", 1)[-1][:-5]
+    backbone, params, ranks, alpha = re.match(r"(tiny_vit|vit_b16)_(qkv|qv)_r([\d-]+)_a(\d+)", name).groups()
+    assert cfg.MODEL.BACKBONE.NAME == {"tiny_vit": "tiny-vit-synthetic", "vit_b16": "ViT-B/16"}[backbone]
+    assert list(node.PARAMS) == list(params) and node.ALPHA == float(alpha)
+    vision_r, text_r = (int(r) for r in (ranks.split("-") * 2)[:2])
+    assert (node.VISION_R or node.R, node.TEXT_R or node.R) == (vision_r, text_r)
+    if (match := re.search(r"_ep(\d+)", name)):
+        assert node.ITERS_PER_SHOT == 0 and cfg.OPTIM.MAX_EPOCH == int(match.group(1))
+    if (match := re.search(r"_iters(\d+)", name)):
+        assert node.ITERS_PER_SHOT == int(match.group(1))
+    if (match := re.search(r"_lam([\d.]+)", name)):
+        assert node.LAMBDA == float(match.group(1))
+    if (match := re.search(r"_lr([\de.-]+?)_", name)):
+        assert cfg.OPTIM.LR == float(match.group(1))
+    if (match := re.search(r"_batch(\d+)", name)):
+        assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == int(match.group(1))
+    assert (node.PATIENCE == 3 and cfg.TEST.FINAL_MODEL == "best_val") == (name.endswith(("notebook", "_f1"))
+                                                                          and backbone == "vit_b16")
+    assert (trainer == "DISEF" and node.F1_THRESHOLD == 0.7) == name.endswith("_f1")
+    assert cfg.OPTIM.NAME == "adamw"

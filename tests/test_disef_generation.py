@@ -40,7 +40,8 @@ def _digest(root: str) -> dict[str, str]:
 
 def test_unet_calls_per_image_and_dpm_solver(real, tmp_path):
     """20 steps at strength 0.75 = 15 UNet calls per image (one CFG-doubled batch per step), DPM-Solver++."""
-    cfg = GenerationConfig(images_per_class=3, batch_size=1, init_size=32, seed=1, classes=[0], caption_max_new_tokens=6)
+    cfg = GenerationConfig(images_per_class=3, batch_size=1, init_size=32, seed=1, classes=[0],
+                           caption_max_new_tokens=6)
     generator, captioner = _tiny_setup(cfg)
     assert type(generator.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert generator.pipe.scheduler.config.algorithm_type == "dpmsolver++"

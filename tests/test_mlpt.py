@@ -259,3 +259,15 @@ def test_checkpoints_eval_only_and_parse_test_res(data_root, tmp_path):
     result = subprocess.run([sys.executable, osp.join(REPO_ROOT, "parse_test_res.py"), str(exp)],
                             capture_output=True, text=True, check=True)
     assert f"* accuracy: {trained_acc:.2f}% +- 0.00%" in result.stdout
+
+
+@pytest.mark.parametrize("opts, match", [
+    (["DATASET.NUM_SHOTS", "4", "DATASET.NUM_FP", "4"], "DATASET.NUM_FP=4 must be < DATASET.NUM_SHOTS=4"),
+    (["TRAINER.MLPT.THRESHOLD", "1.0"], "TRAINER.MLPT.THRESHOLD=1.0"),
+    (["TRAINER.MLPT.WARMUP_EPOCH", "11"], "TRAINER.MLPT.WARMUP_EPOCH=11"),
+    (["TRAINER.MLPT.TEM", "0.0"], "TEM=0.0 must be > 0"),
+])
+def test_bad_config_fails_in_check_cfg_with_the_key(data_root, tmp_path, opts, match):
+    cfg = build_cfg("MLPT", TINY_CONFIG, str(tmp_path), data_root, backbone="tiny-vit", opts=opts)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        build(cfg)

@@ -14,7 +14,8 @@ validation, the last model tested.  ``configs/trainers/CLIP_LoRA/vit_b16_qkv_r2_
 
 The seed notebook's "CLIP-LoRA" (§3.2, §3.6) is DISEF's LoRA recipe: q and v, vision r 64 / text r 16, alpha 32,
 alpha / r, dropout 0.1, 15 epochs with a per-epoch cosine, logit scale 100, the flower template, no augmentation,
-early stopping on val accuracy with patience 3.  ``configs/trainers/CLIP_LoRA/vit_b16_qv_r64-16_a32_ep15_notebook.yaml``.
+early stopping on val accuracy with patience 3.
+``configs/trainers/CLIP_LoRA/vit_b16_qv_r64-16_a32_ep15_notebook.yaml``.
 
 Deviations from the reference: the run length is expressed as epochs (``ceil(iters / batches per epoch)``) whose
 last one stops at the iteration budget, so Dassl's loop, logs and resume apply; checkpoints are Dassl's

@@ -28,6 +28,7 @@ Deviations and seed-notebook fixes shared with CLIP-LoRA are listed in ``trainer
 from __future__ import annotations
 
 import logging
+import os.path as osp
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -128,6 +129,9 @@ class DISEF(LoRATrainer):
             raise ValueError(f"TRAINER.DISEF.BATCHING={node.BATCHING!r}; choose one of {', '.join(BATCHINGS)}")
         if node.SYN_BATCH_SIZE < 0:
             raise ValueError(f"TRAINER.DISEF.SYN_BATCH_SIZE={node.SYN_BATCH_SIZE}; use 0 (= train batch) or > 0")
+        if node.SYN_DIR and not osp.isdir(node.SYN_DIR):
+            raise FileNotFoundError(f"TRAINER.DISEF.SYN_DIR={node.SYN_DIR} is not a folder; generate the images with "
+                                    "scripts/disef/generate.py --output-dir <dir> (or set SYN_DIR '' for real only)")
         if node.F1_THRESHOLD > 1:
             raise ValueError(f"TRAINER.DISEF.F1_THRESHOLD={node.F1_THRESHOLD}; an F1 is at most 1 (<= 0 = off)")
         super().check_cfg(cfg)
@@ -144,8 +148,8 @@ class DISEF(LoRATrainer):
             if label is None or label not in allowed:
                 continue  # e.g. a novel class, or a class above the F1 threshold
             paths = paths[:node.MAX_SYN_PER_CLASS] if node.MAX_SYN_PER_CLASS > 0 else paths
-            datums += [Datum(impath=p, label=label, domain=SYNTHETIC_DOMAIN, classname=self.dm.dataset.classnames[label])
-                       for p in paths]
+            classname = self.dm.dataset.classnames[label]
+            datums += [Datum(impath=p, label=label, domain=SYNTHETIC_DOMAIN, classname=classname) for p in paths]
         logger.info(f"Synthetic images: {len(datums)} for {len({d.label for d in datums})} classes from {node.SYN_DIR}")
         return datums
 

@@ -83,7 +83,9 @@ class GenerationConfig:
     budget_policy: str = "accept"  # accept: keep unfiltered images (DISEF); stop: give up on the class
     init_size: int = 512  # side of the init images; 0 = native size (notebook, §3.7.12)
     pad_to_square: bool = True  # pad on a black canvas before resizing (DISEF)
-    prompt_template: str = "{caption}"  # SD prompt; notebook: "A realistic photo of a {classname}, a type of flower. {caption}"
+    # SD prompt with {caption} (and optionally {classname}); notebook: "A realistic photo of a {classname}, a type
+    # of flower. {caption}"
+    prompt_template: str = "{caption}"
     caption_query: str = DISEF_CAPTION_QUERY
     caption_hint: str = DISEF_CAPTION_HINT  # "{}" = class name (or the integer label with caption_label index)
     caption_label: str = "name"  # name, or index (notebook bug §3.7.3, literal)
@@ -200,7 +202,8 @@ class Img2ImgGenerator:
         pipe.set_progress_bar_config(disable=True)
         self.pipe, self.cfg = pipe, cfg
 
-    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
+    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str],
+                 seeds: Sequence[int]) -> list[Image.Image]:
         same_size = len({im.size for im in images}) == 1
         groups = [list(range(len(images)))] if same_size else [[i] for i in range(len(images))]
         out: list[Image.Image] = [None] * len(images)  # type: ignore[list-item]
@@ -270,7 +273,7 @@ def load_clip_filter(backbone: str, classnames: Sequence[str], template: str, de
 
 def low_f1_classes(labels: Sequence[int], predictions: Sequence[int], num_classes: int,
                    threshold: float = 0.70) -> list[int]:
-    """Classes whose F1 (sklearn, ``zero_division=0``) is below ``threshold``: the improved DISEF's selection (§3.4)."""
+    """Classes whose F1 (sklearn, ``zero_division=0``) is below ``threshold``: improved DISEF's selection (§3.4)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     _, _, f1, _ = precision_recall_fscore_support(list(labels), list(predictions), labels=list(range(num_classes)),
@@ -417,6 +420,17 @@ def _save_image(image: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _decide(predicted: Optional[int], label: int, exhausted: bool, has_filter: bool, policy: str) -> tuple[bool, str]:
+    """(keep, reason) for one image: the filter first, then the budget (fix of spec §3.7.6)."""
+    if not has_filter:
+        return True, "no_filter"
+    if predicted == label:
+        return True, "filter_pass"
+    if exhausted and policy == "accept":
+        return True, "budget"
+    return False, "filter_fail"
+
+
 def generate_class(label: int, classname: str, real_paths: Sequence[str], cfg: GenerationConfig, root: str,
                    manifest: Manifest, captions: CaptionCache, captioner: Captioner, generator: Callable,
                    image_filter: Optional[ZeroShotFilter], read: Callable[[str], Image.Image]) -> int:
@@ -424,12 +438,14 @@ def generate_class(label: int, classname: str, real_paths: Sequence[str], cfg: G
     kept, cycle, discards = manifest.class_state(label)
     folder = class_folder(classname)
     budget_kept = 0
+
+    def exhausted() -> bool:
+        return (cycle if cfg.budget_unit == "cycles" else discards) >= cfg.cycle_budget
+
     with tqdm(total=cfg.images_per_class, initial=min(kept, cfg.images_per_class), desc=classname[:30],
               unit="img", leave=False) as bar:
         while kept < cfg.images_per_class:
-            spent = cycle if cfg.budget_unit == "cycles" else discards
-            exhausted = image_filter is None or spent >= cfg.cycle_budget
-            if exhausted and image_filter is not None and cfg.budget_policy == "stop":
+            if image_filter is not None and exhausted() and cfg.budget_policy == "stop":
                 logger.warning(f"{classname}: budget of {cfg.cycle_budget} {cfg.budget_unit} spent with {kept}/"
                                f"{cfg.images_per_class} images kept; stopping this class (budget_policy stop)")
                 break
@@ -441,22 +457,14 @@ def generate_class(label: int, classname: str, real_paths: Sequence[str], cfg: G
             prompts = [cfg.prompt_template.format(caption=batch_captions[order[i]], classname=classname)
                        for i in range(cfg.batch_size)]
             seeds = [derive_seed(cfg.seed, label, cycle, slot) for slot in range(cfg.batch_size)]
-            inits = [prepare_init_image(read(p), cfg.init_size, cfg.pad_to_square) for p in picks]
-            images = generator(inits, prompts, seeds)
+            images = generator([prepare_init_image(read(p), cfg.init_size, cfg.pad_to_square) for p in picks],
+                               prompts, seeds)
             predictions = image_filter.predict(images) if image_filter is not None else [None] * len(images)
             records = []
             for slot, (image, predicted) in enumerate(zip(images, predictions)):
                 if kept >= cfg.images_per_class:
                     break  # the class is full: the rest of the batch is not used
-                spent = cycle if cfg.budget_unit == "cycles" else discards
-                exhausted = image_filter is None or spent >= cfg.cycle_budget
-                if predicted == label:  # correctness first, then the budget (fix of spec §3.7.6)
-                    keep, reason = True, "filter_pass"
-                elif exhausted and (image_filter is None or cfg.budget_policy == "accept"):
-                    keep, reason = True, "budget" if image_filter is not None else "no_filter"
-                    budget_kept += image_filter is not None
-                else:
-                    keep, reason = False, "filter_fail"
+                keep, reason = _decide(predicted, label, exhausted(), image_filter is not None, cfg.budget_policy)
                 name = f"{folder}_{cycle:05d}_{slot:02d}.jpg"
                 relative = osp.join(folder, name) if keep else (
                     osp.join("_discarded", folder, name) if cfg.save_discarded else None)
@@ -466,10 +474,9 @@ def generate_class(label: int, classname: str, real_paths: Sequence[str], cfg: G
                                 "reason": reason, "predicted": predicted, "prompt": prompts[slot],
                                 "caption": batch_captions[order[slot]], "caption_source": picks[order[slot]],
                                 "init_image": picks[slot], "seed": seeds[slot], "cycle": cycle, "slot": slot})
-                kept += keep
-                discards += not keep
+                kept, discards, budget_kept = kept + keep, discards + (not keep), budget_kept + (reason == "budget")
                 bar.update(int(keep))
-            manifest.append(records)
+            manifest.append(records)  # after the images: a kill in between leaves orphans, removed on resume
             cycle += 1
     if budget_kept:
         logger.warning(f"{classname}: {budget_kept} images kept without passing the filter (budget of "
@@ -609,10 +616,11 @@ def tiny_llava(words: Iterable[str] = (), seed: int = 0):
         image_seq_length=(image_size // patch) ** 2)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
-                                                                  crop_size={"height": image_size, "width": image_size}),
-                               tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=TINY_CHAT_TEMPLATE)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=TINY_CHAT_TEMPLATE)
     return model, processor
 
 
@@ -696,6 +704,14 @@ def _zero_shot_f1_classes(args, dataset, template: str) -> list[int]:
     return classes
 
 
+def _complete(root: str, cfg: GenerationConfig, all_classes: Sequence[int]) -> bool:
+    """True when the manifest already holds ``images_per_class`` kept images for every requested class."""
+    kept: dict[int, int] = defaultdict(int)
+    for record in read_manifest(root):
+        kept[record["class"]] += record["kept"]
+    return all(kept[c] >= cfg.images_per_class for c in (cfg.classes or all_classes))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -717,6 +733,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gen_cfg.check()
     if args.f1_threshold > 0:
         gen_cfg.classes = _zero_shot_f1_classes(args, dataset, template)
+    if _complete(args.output_dir, gen_cfg, sorted(real)):
+        logger.info(f"{args.output_dir}: every class already has {gen_cfg.images_per_class} images; nothing to do")
+        return 0
     words = [w for name in dataset.classnames for w in name.split()]
     if args.tiny_models:
         logger.warning("--tiny-models: random tiny LLaVA and Stable Diffusion; the images are noise (smoke run)")

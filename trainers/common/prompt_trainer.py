@@ -55,6 +55,23 @@ from .text_encoder import TextEncoder
 logger = logging.getLogger(__name__)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not fit the module it is loaded into."""
+
+
+def check_state_dict_fits(module: nn.Module, state_dict: Mapping[str, Tensor], where: str) -> None:
+    """Raise one line naming missing, unexpected and mis-shaped keys (what strict loading would reject)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state_dict)) if state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(
+            f"{where} does not fit the model: missing {missing}, unexpected {unexpected}, shape mismatch {shapes} "
+            "(class-specific contexts only load for the same number of classes; check --model-dir and the config)")
+
+
 @register_cfg_defaults
 def add_cfg_defaults(cfg) -> None:
     """Keys shared by every CLIP prompt trainer."""
@@ -73,6 +90,12 @@ class ClipPromptTrainer(TrainerX):
         CFG_NODE: the ``TRAINER.<CFG_NODE>`` subtree holding ``PREC``; "" means the class name upper-cased.
         FROZEN_BUFFERS: state-dict key names (last dotted component) dropped before loading a checkpoint:
             CoOp-era checkpoints carry the class-name embeddings, which we rebuild for the current classes.
+
+    Hooks a method overrides (all optional except ``build_custom_clip``):
+        ``check_cfg(cfg)``, ``build_custom_clip(clip_model, classnames)``, ``forward_train(image, label)``,
+        ``compute_loss(output, label)``, ``loss_summary(output, label, loss)``,
+        ``build_optimizer_and_scheduler(name, module)``.  Helpers: ``method_cfg()``, ``make_text_encoder(clip)``,
+        ``autocast()``, ``backward_and_update(loss)``; attributes ``precision`` (resolved) and ``scaler``.
     """
 
     LEARNABLE: ClassVar[Sequence[str]] = ("prompt_learner",)
@@ -226,7 +249,8 @@ class ClipPromptTrainer(TrainerX):
         """Load ``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) into each learnable module.
 
         The class-name buffers are dropped (they belong to the classes the checkpoint was trained on), then
-        the rest loads strictly: a missing or unexpected key is an error, not a silent skip.
+        the rest loads strictly: a missing, unexpected or mis-shaped key is a ``CheckpointMismatchError`` naming
+        them, not a silent skip.
         """
         if not directory:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
@@ -240,4 +264,5 @@ class ClipPromptTrainer(TrainerX):
             checkpoint = load_checkpoint(model_path)
             state_dict = self.drop_frozen_buffers(checkpoint["state_dict"])
             logger.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            check_state_dict_fits(self._models[name], state_dict, model_path)
             self._models[name].load_state_dict(state_dict, strict=True)
