@@ -1,6 +1,7 @@
 """Shared test setup: the repo root on sys.path, quiet env dump, and a session data root."""
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -10,6 +11,8 @@ if REPO_ROOT not in sys.path:
 
 # The PyTorch environment report takes seconds per run; tests never read it.
 os.environ.setdefault("VLPROMPT_SKIP_ENV_INFO", "1")
+# Caches (frozen image features, ...) go to a fresh folder, never the user's ~/.cache.
+os.environ["VLPROMPT_CACHE"] = tempfile.mkdtemp(prefix="vlprompt-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,8 @@ def test_load_model_drops_reference_buffers_and_is_strict(data_root, tmp_path):
     ctx = torch.randn_like(trainer.model.prompt_learner.ctx)
     folder = tmp_path / "ckpt" / "prompt_learner"
     folder.mkdir(parents=True)
-    reference_style = {"ctx": ctx, "token_prefix": torch.zeros(7, 1, CTX_DIM), "token_suffix": torch.zeros(7, 72, CTX_DIM)}
+    reference_style = {"ctx": ctx, "token_prefix": torch.zeros(7, 1, CTX_DIM),
+                       "token_suffix": torch.zeros(7, 72, CTX_DIM)}
     torch.save({"state_dict": reference_style, "epoch": 3}, folder / "model.pth.tar-3")
     trainer.load_model(str(tmp_path / "ckpt"), epoch=3)
     assert torch.equal(trainer.model.prompt_learner.ctx, ctx)
@@ -88,6 +89,7 @@ def test_csc_context_of_other_classes_is_a_one_line_error(data_root, tmp_path):
 
 
 def test_fp16_on_cpu_falls_back_to_fp32_with_a_warning(data_root, tmp_path, caplog):
+    """PREC fp16 on a CPU runs in fp32 (CLIP and ctx) and says so at WARNING level."""
     with caplog.at_level(logging.WARNING):
         trainer = build(_cfg(data_root, str(tmp_path), "TRAINER.COOP.PREC", "fp16"))
     assert trainer.precision == "fp32" and trainer.model.prompt_learner.ctx.dtype == torch.float32
@@ -122,5 +124,6 @@ def test_check_cfg_errors_name_the_key(data_root, tmp_path, monkeypatch, opts, m
 
 
 def test_unknown_coop_key_is_rejected(data_root, tmp_path):
+    """A misspelt TRAINER.COOP key fails and suggests the real one."""
     with pytest.raises(ConfigError, match="TRAINER.COOP.N_CTX"):
         _cfg(data_root, str(tmp_path), "TRAINER.COOP.NCTX", "4")

@@ -35,7 +35,7 @@ from trainers.mlpt import (
 from clip_prompt_fixtures import build, build_cfg
 from engine_helpers import REPO_ROOT, last_accuracy, run_train
 
-TINY_CONFIG = "configs/trainers/MLPT/tiny_vit_csc_ep10.yaml"
+TINY_CONFIG = "configs/trainers/MLPT/tiny_vit_ctx4_csc_ep40.yaml"
 SYNTHETIC_YAML = osp.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
 
 

@@ -1,4 +1,4 @@
-"""trainers.common.clip_loading and clip/pretrain_tiny.py: backbone names, precision casts, the pre-trained tiny CLIP."""
+"""trainers.common.clip_loading and clip/pretrain_tiny.py: backbone names, precision casts, pre-trained tiny CLIP."""
 from __future__ import annotations
 
 import logging
@@ -33,6 +33,7 @@ def test_pretraining_is_deterministic_and_clip_load_reproduces_it(tmp_path, monk
 
 
 def test_missing_pretrained_file_names_the_script(tmp_path, monkeypatch):
+    """A registered but absent pre-trained file, or an unknown name, fails with the fix in the message."""
     monkeypatch.setenv("VLPROMPT_PRETRAINED_DIR", str(tmp_path))
     with pytest.raises(BackboneNotFoundError, match="scripts/pretrain_tiny_clip.py --name tiny-vit-synthetic"):
         resolve_backbone("tiny-vit-synthetic")
@@ -42,6 +43,7 @@ def test_missing_pretrained_file_names_the_script(tmp_path, monkeypatch):
 
 
 def test_contrastive_loss_is_clip_s_symmetric_cross_entropy():
+    """(CE(image->text) + CE(text->image)) / 2 on exp(scale)-scaled cosine similarities."""
     generator = torch.Generator().manual_seed(0)
     image, text = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
     scale = torch.tensor(2.0)
@@ -52,6 +54,7 @@ def test_contrastive_loss_is_clip_s_symmetric_cross_entropy():
 
 
 def test_precision_resolution_and_casts(caplog):
+    """fp16/amp fall back to fp32 on a CPU with a warning; the fp16 cast follows OpenAI's recipe."""
     with caplog.at_level(logging.WARNING):
         assert resolve_precision("fp16", "cpu") == "fp32"
         assert resolve_precision("amp", "cpu") == "fp32"
@@ -68,6 +71,7 @@ def test_precision_resolution_and_casts(caplog):
 
 
 def test_pretrain_script_skips_an_existing_file(tmp_path):
+    """scripts/pretrain_tiny_clip.py leaves an existing file untouched (skip-if-done)."""
     import subprocess
     import sys
 

@@ -31,6 +31,7 @@ def _configs(trainer: str) -> list[str]:
 
 
 def test_every_registered_dataset_has_a_config():
+    """Each DATASET_REGISTRY name is set by some configs/datasets/*.yaml; CoOp's 15 file stems exist."""
     import datasets  # noqa: F401  (registers every dataset)
 
     names = {yaml.safe_load(open(path))["DATASET"]["NAME"]
@@ -44,6 +45,7 @@ def test_every_registered_dataset_has_a_config():
 
 @pytest.mark.parametrize("path", _configs("CoOp"), ids=osp.basename)
 def test_coop_configs(path, tmp_path):
+    """Each CoOp YAML merges and holds what its name and coop_family.md §6.3 say."""
     name = osp.splitext(osp.basename(path))[0]
     cfg = build_cfg("CoOp", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
     assert cfg.MODEL.BACKBONE.NAME == BACKBONES[re.match(r"(rn\d+|vit_b\d+|tiny_vit)", name).group(1)]
@@ -62,6 +64,7 @@ def test_coop_configs(path, tmp_path):
 
 @pytest.mark.parametrize("path", _configs("CoCoOp"), ids=osp.basename)
 def test_cocoop_configs(path, tmp_path):
+    """Each CoCoOp YAML merges; _c<M>_ep<E>_batch<B> and ctxv1 match its keys (§6.4 for the ViT-B/16 ones)."""
     name = osp.splitext(osp.basename(path))[0]
     cfg = build_cfg("CoCoOp", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
     n_ctx, epochs, batch = (int(x) for x in re.search(r"_c(\d+)_ep(\d+)_batch(\d+)", name).groups())
@@ -74,6 +77,7 @@ def test_cocoop_configs(path, tmp_path):
 
 @pytest.mark.parametrize("path", _configs("ZeroshotCLIP"), ids=osp.basename)
 def test_zeroshot_configs(path, tmp_path):
+    """Each ZeroshotCLIP YAML merges and names its backbone."""
     name = osp.splitext(osp.basename(path))[0]
     cfg = build_cfg("ZeroshotCLIP", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
     assert cfg.MODEL.BACKBONE.NAME == BACKBONES[name]
@@ -81,6 +85,7 @@ def test_zeroshot_configs(path, tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: osp.relpath(p, REPO))
 def test_scripts_parse(script):
+    """bash -n accepts every CoOp-family script."""
     assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
 
 
@@ -92,6 +97,7 @@ def _run(script: str, *args: str, env: dict) -> str:
 
 
 def test_base2new_scripts_run_from_anywhere_load_the_saved_epoch_and_skip(tmp_path):
+    """Train 2 epochs on base, test on new from another cwd: epoch 2 is loaded, then a re-run skips."""
     env = dict(os.environ, HOME=str(tmp_path), DATA="data", OUTPUT="out", PYTHON=sys.executable,
                TRAINER="CoOp", CFG="tiny_vit_ep50_ctxv1", OMP_NUM_THREADS="1", VLPROMPT_SKIP_ENV_INFO="1")
     opts = ["MODEL.BACKBONE.NAME", "tiny-vit"]

@@ -111,6 +111,7 @@ def test_class_tokens_sit_where_the_layout_says(position):
 
 
 def test_layout_index_is_a_permutation_and_end_is_identity():
+    """Each layout row is a permutation of the 77 positions; "end" moves nothing; unknown layouts fail."""
     index = layout_index([2, 1, 4], n_ctx=4, seq_len=77, position="middle")
     assert all(sorted(row.tolist()) == list(range(77)) for row in index)
     assert torch.equal(layout_index([2, 1], 4, 77, "end"), torch.arange(77).expand(2, -1))

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from clip_prompt_fixtures import build_cfg, data_root, eval_only, pretrained_tiny_dir, single_thread, train_and_test  # noqa: F401,E501
+from clip_prompt_fixtures import (build_cfg, data_root, eval_only, pretrained_tiny_dir,  # noqa: F401
+                                  single_thread, train_and_test)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BASE = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"]
 
 
-def test_coop_beats_zero_shot_on_base_classes(data_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("VLPROMPT_PRETRAINED_DIR", pretrained_tiny_dir())
+def test_coop_beats_zero_shot_on_base_classes(data_root, pretrained_tiny_dir, tmp_path, monkeypatch):
+    """Zero-shot on base classes is clearly above chance, and CoOp trained on 16 shots beats it."""
+    monkeypatch.setenv("VLPROMPT_PRETRAINED_DIR", pretrained_tiny_dir)
     _, zero_shot = eval_only(build_cfg("ZeroshotCLIP", "configs/trainers/ZeroshotCLIP/tiny_vit.yaml",
                                        str(tmp_path / "zs"), data_root, opts=BASE))
     _, coop = train_and_test(build_cfg("CoOp", "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml",

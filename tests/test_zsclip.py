@@ -29,6 +29,7 @@ def _trainer(name: str, root: str, out: str):
 
 
 def test_zeroshot_clip_logits_use_the_dataset_template(data_root, tmp_path):
+    """Text features = encode_text("a photo of a {name}."), logits = 100 * norm(img) @ text^T; nothing registered."""
     trainer = _trainer("ZeroshotCLIP", data_root, str(tmp_path))
     names = trainer.dm.dataset.classnames
     expected_text = _encode([f"a photo of a {name}." for name in names])  # Synthetic's template
@@ -43,6 +44,7 @@ def test_zeroshot_clip_logits_use_the_dataset_template(data_root, tmp_path):
 
 
 def test_zeroshot_clip2_averages_eight_templates(data_root, tmp_path):
+    """7 ImageNet templates + the dataset's: normalise each, average, normalise again."""
     trainer = _trainer("ZeroshotCLIP2", data_root, str(tmp_path))
     names = trainer.dm.dataset.classnames
     templates = list(IMAGENET_TEMPLATES_SELECT) + ["a photo of a {}."]
@@ -52,6 +54,7 @@ def test_zeroshot_clip2_averages_eight_templates(data_root, tmp_path):
 
 
 def test_class_text_features_match_encode_text_without_truncation():
+    """The shared helper with truncation off is CLIP.encode_text on the filled-in template."""
     names = ["red circle", "dog"]
     features = class_text_features(tiny_clip_fp32(), names, ["{} texture."], truncate_at_eot=False)
     torch.testing.assert_close(features, _encode(["red circle texture.", "dog texture."]), rtol=0, atol=1e-6)
@@ -67,6 +70,7 @@ def test_train_without_parameters_runs_the_final_test(data_root, tmp_path, caplo
 
 
 def test_templates_are_coop_s():
+    """The template tables hold CoOp's strings (spot checks) and all 15 CoOp datasets."""
     assert len(IMAGENET_TEMPLATES) == 80 and IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
     assert CUSTOM_TEMPLATES["DescribableTextures"] == "{} texture."
     assert CUSTOM_TEMPLATES["EuroSAT"] == "a centered satellite photo of {}."

@@ -20,6 +20,28 @@ record per generated image (class, prompt, caption, caption source, init image, 
 prediction).  Randomness is derived from (seed, class, cycle, slot), so a re-run continues exactly where a killed
 run stopped and never regenerates kept images.
 
+Sharding (several GPUs, nodes or Slurm array tasks writing into one output folder): shard ``I`` of ``N`` generates
+exactly the classes ``c`` with ``c % N == I``; a class is never split, so its images, records and budget are those
+of a single-process run.  ``--shard-index I --num-shards N``, or, without these flags, torchrun's
+``RANK``/``WORLD_SIZE``, Slurm's ``SLURM_PROCID``/``SLURM_NTASKS`` (srun tasks) and/or
+``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT`` (array tasks; combined with the task rank when both have
+more than one)::
+
+    torchrun --nproc-per-node 8 scripts/disef/generate.py ... --output-dir OUT --device cuda  # GPU = LOCAL_RANK
+    sbatch --array=0-15 --gpus=1 --wrap "python scripts/disef/generate.py ... --output-dir OUT"
+    python scripts/disef/generate.py --merge --output-dir OUT   # only if no shard could merge (see below)
+
+Shard ``I`` keeps its own ``manifest.shard-I-of-N.jsonl`` and ``captions.shard-I-of-N.json`` (same atomic
+appends/rewrites and same resume as ``manifest.jsonl``; its orphan cleanup touches only its own class folders) and
+writes ``manifest.shard-I-of-N.done.json`` (its classes and the manifest's SHA-256) when it finishes.  The shard that
+finds every shard finished (so shard 0 when it finishes last) merges the shard manifests into ``manifest.jsonl`` in
+class order, byte-identical to a single-process run; ``--merge`` does the same by hand, and a plain run merges any
+finished but unmerged shards before it starts.  Merging is idempotent and refuses, in one line naming the shard, when
+a shard is missing or unfinished, two shards claim one class, or ``manifest.jsonl`` holds records no shard has.
+A shard whose manifest is missing (or behind) starts from ``manifest.jsonl``'s records of its classes, so a plain
+run can be continued sharded and the shard count changed after a merge.  With one shard (the default) the files and
+the code path are those of the unsharded generator.
+
 Fixed on purpose (seed notebook, §3.7), each with its literal switch: the class *name* goes into the caption
 query (§3.7.3; ``caption_label="index"`` passes the integer label and gives label 0 no hint); the hf checkpoint's
 own chat template (§3.7.4; ``chat_format="notebook"`` uses "###Human: ... ###Assistant:"); the budget is an
@@ -39,10 +61,11 @@ import os
 import os.path as osp
 import random
 import re
+import socket
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Optional, Protocol, Sequence
 
 import torch
 from PIL import Image
@@ -66,6 +89,15 @@ CHAT_FORMATS = ("template", "notebook")
 CAPTION_LABELS = ("name", "index")
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"  # the notebook's; DISEF's README uses Realistic Vision
 DEFAULT_LLAVA_MODEL = "llava-hf/llava-1.5-7b-hf"
+SHARD_MANIFEST_FILE = "manifest.shard-{index}-of-{count}.jsonl"  # one per shard; merged into MANIFEST_FILE
+SHARD_CAPTIONS_FILE = "captions.shard-{index}-of-{count}.json"
+SHARD_DONE_FILE = "manifest.shard-{index}-of-{count}.done.json"  # written when the shard has finished
+SHARD_FILE_NAME = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.(jsonl|done\.json)$")
+# (index, count) variables of one process among several, in precedence order: torchrun, then srun tasks
+PROCESS_RANK_ENV = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
+ARRAY_RANK_ENV = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")  # Slurm job array (--array=0-15)
+LOCAL_RANK_ENV = ("LOCAL_RANK", "SLURM_LOCALID")  # the process's index on its node: picks its GPU
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError)  # bad input: one line on stderr, exit status 1
 
 
 @dataclass
@@ -132,6 +164,108 @@ def prepare_init_image(image: Image.Image, size: int, pad_to_square: bool = True
     if size > 0:
         image = image.resize((size, size), Image.BICUBIC)
     return image
+
+
+# ----------------------------------------------------------------------------------------------- shards
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the classes ``c`` with ``c % count == index`` (a class is never split)."""
+
+    index: int = 0
+    count: int = 1  # 1 = unsharded: manifest.jsonl and captions.json, as without sharding
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard index {self.index} of {self.count} shards; need --num-shards >= 1 and "
+                             "0 <= --shard-index < --num-shards")
+
+    def __str__(self) -> str:
+        return f"shard {self.index}-of-{self.count}"
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 1
+
+    def select(self, classes: Iterable[int]) -> list[int]:
+        """The classes of ``classes`` (in their order) that this shard generates."""
+        return [c for c in classes if c % self.count == self.index]
+
+    def _file(self, template: str, unsharded: str) -> str:
+        return template.format(index=self.index, count=self.count) if self.sharded else unsharded
+
+    @property
+    def manifest_file(self) -> str:
+        return self._file(SHARD_MANIFEST_FILE, MANIFEST_FILE)
+
+    @property
+    def captions_file(self) -> str:
+        return self._file(SHARD_CAPTIONS_FILE, CAPTIONS_FILE)
+
+    @property
+    def done_file(self) -> str:
+        return SHARD_DONE_FILE.format(index=self.index, count=self.count)
+
+
+def _env_rank(env: Mapping[str, str], index_key: str, count_key: str) -> Optional[tuple[int, int]]:
+    """(index, count) from two environment variables, or None when unset or the count is 1."""
+    if index_key not in env or count_key not in env:
+        return None
+    try:
+        index, count = int(env[index_key]), int(env[count_key])
+    except ValueError as err:
+        raise ValueError(f"{index_key}={env[index_key]!r} / {count_key}={env[count_key]!r} are not integers; "
+                         "pass --shard-index and --num-shards") from err
+    return (index, count) if count > 1 else None
+
+
+def _array_rank(env: Mapping[str, str]) -> Optional[tuple[int, int]]:
+    """(index, count) of a Slurm array task; task ids are counted from SLURM_ARRAY_TASK_MIN in steps of _STEP."""
+    rank = _env_rank(env, *ARRAY_RANK_ENV)
+    if rank is None:
+        return None
+    first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    index, count = (rank[0] - first) // step, rank[1]
+    if not 0 <= index < count:
+        raise ValueError(f"SLURM_ARRAY_TASK_ID={rank[0]} is not one of {count} evenly spaced array tasks from "
+                         f"{first}; submit with --array=0-{count - 1} or pass --shard-index and --num-shards")
+    return index, count
+
+
+def shard_from_env(env: Optional[Mapping[str, str]] = None) -> Shard:
+    """The shard of this process from torchrun / srun / Slurm array variables (``Shard()`` when there are none).
+
+    The process rank comes from ``RANK``/``WORLD_SIZE`` (torchrun), else ``SLURM_PROCID``/``SLURM_NTASKS``; an array
+    task's rank from ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``.  With both (several srun tasks in each
+    array task), shard = array rank x tasks + task rank of array count x tasks.  A count of 1 means "not set".
+    """
+    env = os.environ if env is None else env
+    process = next((r for keys in PROCESS_RANK_ENV if (r := _env_rank(env, *keys))), None)
+    array = _array_rank(env)
+    if process and array:
+        return Shard(array[0] * process[1] + process[0], array[1] * process[1])
+    rank = process or array
+    return Shard(*rank) if rank else Shard()
+
+
+def resolve_shard(index: Optional[int], count: Optional[int], env: Optional[Mapping[str, str]] = None) -> Shard:
+    """``--shard-index``/``--num-shards`` when given (both), else ``shard_from_env``."""
+    if index is None and count is None:
+        return shard_from_env(env)
+    if index is None or count is None:
+        raise ValueError("--shard-index and --num-shards go together: pass both, or neither to read RANK/WORLD_SIZE, "
+                         "SLURM_PROCID/SLURM_NTASKS or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
+    return Shard(index, count)
+
+
+def shard_device(device: str, env: Optional[Mapping[str, str]] = None, device_count: Optional[int] = None) -> str:
+    """``cuda`` -> ``cuda:<LOCAL_RANK or SLURM_LOCALID>`` when several GPUs are visible, so local shards don't share
+    one GPU; any other device string is returned unchanged."""
+    env = os.environ if env is None else env
+    count = torch.cuda.device_count() if device_count is None else device_count
+    local = next((env[k] for k in LOCAL_RANK_ENV if k in env), None)
+    if device != "cuda" or count < 2 or local is None:
+        return device
+    return f"cuda:{int(local) % count}"
 
 
 # ----------------------------------------------------------------------------------------------- captioners
@@ -283,7 +417,7 @@ def low_f1_classes(labels: Sequence[int], predictions: Sequence[int], num_classe
 
 # ------------------------------------------------------------------------------------------------ manifest
 def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp{socket.gethostname()}-{os.getpid()}"  # unique when shards on several nodes write one file
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -291,17 +425,33 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class Manifest:
-    """``manifest.jsonl`` under ``root``: one JSON record per generated image, appended one cycle at a time."""
+def _jsonl(records: Iterable[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
 
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.path = osp.join(root, MANIFEST_FILE)
+
+class Manifest:
+    """``manifest.jsonl`` under ``root``: one JSON record per generated image, appended one cycle at a time.
+
+    A shard's manifest (``name``) owns only its classes' ``folders``: files elsewhere are never removed by it.
+    """
+
+    def __init__(self, root: str, name: str = MANIFEST_FILE, folders: Optional[Collection[str]] = None) -> None:
+        self.root, self.name = root, name
+        self.path = osp.join(root, name)
+        self.folders = None if folders is None else set(folders)  # None: every folder under root
         self.records: list[dict] = []
+
+    def owns(self, relative: str) -> bool:
+        """Whether ``relative`` (``<folder>/<file>`` or ``_discarded/<folder>/<file>``) is in one of our folders."""
+        if self.folders is None:
+            return True
+        parts = osp.normpath(relative).split(os.sep)
+        folder = parts[1] if parts[0] == "_discarded" and len(parts) > 2 else parts[0]
+        return folder in self.folders
 
     def load(self) -> "Manifest":
         """Read the records and make them agree with the disk (a killed run may leave either side ahead)."""
-        self.records = read_manifest(self.root)
+        self.records = read_manifest(self.root, self.name)
         kept = [r for r in self.records if r["kept"]]
         missing = [r for r in kept if not osp.isfile(osp.join(self.root, r["file"]))]
         if missing:
@@ -315,14 +465,14 @@ class Manifest:
             relative = osp.normpath(osp.relpath(path, self.root))
             name = osp.basename(path)
             ours = GENERATED_NAME.match(name) or GENERATED_NAME.match(name.split(".tmp")[0])
-            if ours and relative not in listed:  # written by a cycle that was killed before its records
+            if ours and relative not in listed and self.owns(relative):  # written by a cycle that was killed before its records
                 logger.warning(f"Removing {path}: not in the manifest (an interrupted cycle; it is regenerated)")
                 os.remove(path)
         return self
 
     def _rewrite(self) -> None:
         os.makedirs(self.root, exist_ok=True)
-        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        _atomic_write(self.path, _jsonl(self.records))
 
     def append(self, records: Sequence[dict]) -> None:
         """Append all records of one cycle in a single write (after their images are on disk)."""
@@ -340,9 +490,10 @@ class Manifest:
         return kept, cycles, len(rows) - kept
 
 
-def read_manifest(root: str) -> list[dict]:
-    """Records of ``<root>/manifest.jsonl``; a truncated last line (killed mid-write) is ignored."""
-    path = osp.join(root, MANIFEST_FILE)
+def read_manifest(root: str, name: str = MANIFEST_FILE) -> list[dict]:
+    """Records of ``<root>/manifest.jsonl`` (or of the shard manifest ``name``); a truncated last line (killed
+    mid-write) is ignored."""
+    path = osp.join(root, name)
     if not osp.isfile(path):
         return []
     records = []
@@ -374,6 +525,11 @@ def kept_images(root: str) -> dict[str, list[str]]:
     if not osp.isdir(root):
         raise FileNotFoundError(f"synthetic image folder {root} not found; run scripts/disef/generate.py first "
                                 "or fix TRAINER.DISEF.SYN_DIR")
+    pending = unmerged_shard_counts(root)
+    if pending:
+        raise FileNotFoundError(f"{root}: the manifests of a {pending[0]}-shard generation are not merged into "
+                                f"{MANIFEST_FILE}; finish every shard or run scripts/disef/generate.py --merge "
+                                f"--output-dir {root}")
     by_class: dict[str, list[str]] = defaultdict(list)
     records = read_manifest(root)
     if records:
@@ -389,16 +545,219 @@ def kept_images(root: str) -> dict[str, list[str]]:
     return dict(by_class)
 
 
+# ------------------------------------------------------------------------------------------------ shard manifests
+class ShardMergeError(ValueError):
+    """Shard manifests that cannot be merged into ``manifest.jsonl`` (missing, unfinished or overlapping shards)."""
+
+
+def _read_json(path: str, default):
+    if not osp.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def shard_counts(root: str) -> list[int]:
+    """The shard counts N named by the shard manifests and done markers under ``root``."""
+    names = os.listdir(root) if osp.isdir(root) else []
+    return sorted({int(m.group(2)) for n in names if (m := SHARD_FILE_NAME.match(n))})
+
+
+def _shard_problem(root: str, shard: Shard) -> Optional[str]:
+    """Why ``shard`` cannot be merged (None: it has finished and its manifest has not changed since)."""
+    manifest = osp.join(root, shard.manifest_file)
+    if not osp.isfile(manifest):
+        return (f"{shard} is missing (no {shard.manifest_file}; run it with --shard-index {shard.index} "
+                f"--num-shards {shard.count})")
+    done = _read_json(osp.join(root, shard.done_file), None)
+    if done is None:
+        return f"{shard} is incomplete (no {shard.done_file}: still running or killed; re-run it)"
+    if done.get("manifest_sha256") != _sha256(manifest):
+        return f"{shard} is incomplete ({shard.manifest_file} changed after it finished: still running? re-run it)"
+    return None
+
+
+def unfinished_shards(root: str, count: int) -> list[str]:
+    """One line per shard of ``count`` that has not finished (empty: all have)."""
+    return [problem for i in range(count) if (problem := _shard_problem(root, Shard(i, count)))]
+
+
+def unmerged_shard_counts(root: str, skip: int = 0) -> list[int]:
+    """Shard counts (but ``skip``) whose shard manifests hold records that ``manifest.jsonl`` lacks."""
+    merged = {json.dumps(r) for r in read_manifest(root)}
+    pending = []
+    for count in shard_counts(root):
+        records = (r for i in range(count) for r in read_manifest(root, Shard(i, count).manifest_file))
+        if count != skip and any(json.dumps(r) not in merged for r in records):
+            pending.append(count)
+    return pending
+
+
+def _only_shard_count(root: str) -> int:
+    counts = shard_counts(root)
+    if not counts:
+        raise ShardMergeError(f"cannot merge {root}: no shard manifest (manifest.shard-<I>-of-<N>.jsonl) there; "
+                              "run the shards first or fix --output-dir")
+    if len(counts) > 1:
+        raise ShardMergeError(f"cannot merge {root}: it holds manifests of {' and '.join(map(str, counts))}-shard "
+                              "runs; pass --num-shards")
+    return counts[0]
+
+
+def _claimed_records(root: str, count: int) -> list[dict]:
+    """Every shard's records, after checking that no class is claimed (listed or generated) by two shards."""
+    owner: dict[int, Shard] = {}
+    records: list[dict] = []
+    for i in range(count):
+        shard = Shard(i, count)
+        shard_records = read_manifest(root, shard.manifest_file)
+        listed = _read_json(osp.join(root, shard.done_file), {}).get("classes", [])
+        for label in sorted(set(listed) | {r["class"] for r in shard_records}):
+            if label in owner:
+                raise ShardMergeError(f"cannot merge {root}: class {label} is claimed by {owner[label]} and {shard} "
+                                      "(files of different runs?); delete the wrong shard's files and re-run it")
+            owner[label] = shard
+        records += shard_records
+    return records
+
+
+def _merge_captions(root: str, count: int) -> None:
+    """Add the shards' caption caches to ``captions.json`` (so a later plain run reuses them)."""
+    path = osp.join(root, CAPTIONS_FILE)
+    captions = _read_json(path, {})
+    merged = dict(captions)
+    for i in range(count):
+        for image, caption in _read_json(osp.join(root, Shard(i, count).captions_file), {}).items():
+            merged.setdefault(image, caption)
+    if merged != captions:
+        _atomic_write(path, json.dumps(merged, indent=0).encode())
+
+
+def merge_shard_manifests(root: str, count: Optional[int] = None) -> str:
+    """Merge the manifests of shards ``0..count-1`` into ``manifest.jsonl`` in class order; returns its path.
+
+    Idempotent (an up-to-date ``manifest.jsonl`` is not rewritten).  ``count`` None: the one shard count found under
+    ``root``.  Raises ``ShardMergeError`` when a shard is missing or unfinished, two shards claim one class, or
+    ``manifest.jsonl`` holds records that no shard manifest has (merging would drop them).
+    """
+    count = count or _only_shard_count(root)
+    problems = unfinished_shards(root, count)
+    if problems:
+        raise ShardMergeError(f"cannot merge {root}: {'; '.join(problems)}")
+    records = sorted(_claimed_records(root, count), key=lambda r: r["class"])  # stable: generation order per class
+    data = _jsonl(records)
+    lines = set(data.decode().splitlines())
+    lost = [r for r in read_manifest(root) if json.dumps(r) not in lines]
+    if lost:
+        raise ShardMergeError(f"cannot merge {root}: {MANIFEST_FILE} has {len(lost)} records no shard manifest holds "
+                              f"(first: class {lost[0]['class']} cycle {lost[0]['cycle']}); move it away to rebuild "
+                              "it from the shards")
+    path = osp.join(root, MANIFEST_FILE)
+    if osp.isfile(path) and open(path, "rb").read() == data:
+        logger.info(f"{path} is already the merge of the {count} shard manifests")
+    else:
+        _atomic_write(path, data)
+        logger.info(f"Merged {count} shard manifests into {path}: {len(records)} records of "
+                    f"{len({r['class'] for r in records})} classes")
+    _merge_captions(root, count)
+    return path
+
+
+def finish_shard(root: str, shard: Shard, classes: Sequence[int]) -> bool:
+    """Mark ``shard`` finished (its classes and manifest hash); merge when every shard has; True if merged here.
+
+    A failed automatic merge is logged, not raised: this shard's images are done; ``--merge`` reports it again.
+    """
+    manifest = osp.join(root, shard.manifest_file)
+    if not osp.isfile(manifest):  # a shard without classes
+        _atomic_write(manifest, b"")
+    kept: dict[int, int] = defaultdict(int)
+    for record in read_manifest(root, shard.manifest_file):
+        kept[record["class"]] += record["kept"]
+    marker = {"shard": shard.index, "num_shards": shard.count, "classes": list(classes),
+              "kept": {str(c): kept[c] for c in classes}, "manifest_sha256": _sha256(manifest)}
+    _atomic_write(osp.join(root, shard.done_file), json.dumps(marker, indent=1).encode())
+    waiting = unfinished_shards(root, shard.count)
+    if waiting:
+        logger.info(f"{shard} finished; the last shard to finish merges {MANIFEST_FILE} (waiting: "
+                    f"{'; '.join(waiting)})")
+        return False
+    try:
+        merge_shard_manifests(root, shard.count)
+    except ShardMergeError as err:
+        logger.error(f"{shard} finished, but {err}")
+        return False
+    return True
+
+
+def _adopt_merged_records(root: str, shard: Shard, classes: Sequence[int], real_images: dict[int, list[str]]) -> None:
+    """Start ``shard`` from ``manifest.jsonl``'s records of its classes (and their cached captions) when those
+    include all of its own records and more: a plain run, or a merged run with another shard count, got further."""
+    mine = set(classes)
+    merged = [r for r in read_manifest(root) if r["class"] in mine]
+    own = read_manifest(root, shard.manifest_file)
+    merged_lines = {json.dumps(r) for r in merged}
+    if len(merged) <= len(own) or any(json.dumps(r) not in merged_lines for r in own):
+        return
+    _atomic_write(osp.join(root, shard.manifest_file), _jsonl(merged))
+    cache = CaptionCache(root, shard.captions_file)
+    paths = {p for c in classes for p in real_images.get(c, [])}
+    adopted = {p: c for p, c in _read_json(osp.join(root, CAPTIONS_FILE), {}).items()
+               if p in paths and p not in cache.captions}
+    if adopted:
+        cache.captions.update(adopted)
+        _atomic_write(cache.path, json.dumps(cache.captions, indent=0).encode())
+    logger.info(f"{shard}: starting from the {len(merged)} records of its classes in {MANIFEST_FILE} "
+                f"({len(adopted)} cached captions)")
+
+
+def reconcile_manifests(root: str, shard: Shard, classes: Sequence[int], real_images: dict[int, list[str]]) -> None:
+    """Before generating.  A plain run merges the finished shards it finds (it must not treat their images as
+    orphans).  A shard refuses while another shard count is unmerged, drops its done marker and adopts
+    ``manifest.jsonl``'s records of its classes when those are ahead of its own manifest."""
+    os.makedirs(root, exist_ok=True)
+    if not shard.sharded:
+        pending = unmerged_shard_counts(root)
+        if len(pending) > 1:
+            raise ShardMergeError(f"{root} holds unmerged manifests of {' and '.join(map(str, pending))}-shard runs; "
+                                  "merge one with --merge --num-shards N and delete the others")
+        if pending:
+            logger.info(f"{root}: merging the manifests of a {pending[0]}-shard run before generating")
+            merge_shard_manifests(root, pending[0])
+        return
+    pending = unmerged_shard_counts(root, skip=shard.count)
+    if pending:
+        raise ShardMergeError(f"{root} holds unmerged manifests of a {pending[0]}-shard run; merge them first "
+                              f"(--merge --num-shards {pending[0]}) or run with --num-shards {pending[0]}")
+    done = osp.join(root, shard.done_file)
+    if osp.isfile(done):
+        os.remove(done)  # until this run finishes, the shard is not complete
+    _adopt_merged_records(root, shard, shard.select(classes), real_images)
+
+
+def _check_class_folders(classes: Sequence[int], classnames: Sequence[str]) -> None:
+    """Two classes with one folder would overwrite each other's images (and cross shard boundaries)."""
+    seen: dict[str, int] = {}
+    for label in classes:
+        folder = class_folder(classnames[label])
+        if folder in seen:
+            raise ValueError(f"classes {seen[folder]} ({classnames[seen[folder]]!r}) and {label} "
+                             f"({classnames[label]!r}) share the image folder {folder!r}; rename one of them")
+        seen[folder] = label
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 class CaptionCache:
     """Captions of real images (path -> caption) in ``captions.json``, so a re-run never captions twice."""
 
-    def __init__(self, root: str) -> None:
-        self.path = osp.join(root, CAPTIONS_FILE)
-        self.captions: dict[str, str] = {}
-        if osp.isfile(self.path):
-            with open(self.path) as f:
-                self.captions = json.load(f)
+    def __init__(self, root: str, name: str = CAPTIONS_FILE) -> None:
+        self.path = osp.join(root, name)
+        self.captions: dict[str, str] = _read_json(self.path, {})
 
     def get(self, paths: Sequence[str], label: int, classname: str, captioner: Captioner,
             read: Callable[[str], Image.Image]) -> list[str]:
@@ -484,12 +843,8 @@ def generate_class(label: int, classname: str, real_paths: Sequence[str], cfg: G
     return kept
 
 
-def run_generation(cfg: GenerationConfig, root: str, real_images: dict[int, list[str]], classnames: Sequence[str],
-                   captioner: Captioner, generator: Callable, image_filter: Optional[ZeroShotFilter],
-                   read: Optional[Callable[[str], Image.Image]] = None) -> dict[int, int]:
-    """Generate for every class in ``cfg.classes`` (all when empty); resumes from ``root``'s manifest."""
-    cfg.check()
-    os.makedirs(root, exist_ok=True)
+def _write_config(root: str, cfg: GenerationConfig) -> None:
+    """Save ``cfg`` as ``generation_config.json`` (every shard writes the same), warning about changed settings."""
     config_path = osp.join(root, CONFIG_FILE)
     if osp.isfile(config_path):
         with open(config_path) as f:
@@ -498,17 +853,35 @@ def run_generation(cfg: GenerationConfig, root: str, real_images: dict[int, list
         if changed:
             logger.warning(f"{root} was generated with other settings {changed}; new images use the new ones")
     _atomic_write(config_path, json.dumps(asdict(cfg), indent=1).encode())
-    manifest = Manifest(root).load()
-    captions = CaptionCache(root)
-    read = read or _read_rgb
+
+
+def run_generation(cfg: GenerationConfig, root: str, real_images: dict[int, list[str]], classnames: Sequence[str],
+                   captioner: Captioner, generator: Callable, image_filter: Optional[ZeroShotFilter],
+                   read: Optional[Callable[[str], Image.Image]] = None, shard: Shard = Shard()) -> dict[int, int]:
+    """Generate for every class in ``cfg.classes`` (all when empty) that ``shard`` owns; resumes from ``root``'s
+    manifest (the shard's own one when sharded, merged into ``manifest.jsonl`` by the last shard to finish)."""
+    cfg.check()
+    os.makedirs(root, exist_ok=True)
     classes = list(cfg.classes) or sorted(real_images)
+    _check_class_folders(classes, classnames)
+    _write_config(root, cfg)
+    reconcile_manifests(root, shard, classes, real_images)
+    mine = shard.select(classes)
+    folders = {class_folder(classnames[c]) for c in mine} if shard.sharded else None
+    manifest = Manifest(root, shard.manifest_file, folders).load()
+    captions = CaptionCache(root, shard.captions_file)
+    read = read or _read_rgb
+    if shard.sharded:
+        logger.info(f"{shard}: {len(mine)} of {len(classes)} classes {mine}")
     kept = {}
-    for label in tqdm(classes, desc="classes", unit="class"):
+    for label in tqdm(mine, desc="classes", unit="class"):
         if not real_images.get(label):
             raise ValueError(f"class {label} ({classnames[label]}) has no real image to start from")
         kept[label] = generate_class(label, classnames[label], real_images[label], cfg, root, manifest, captions,
                                      captioner, generator, image_filter, read)
     logger.info(f"Kept images per class: {kept}")
+    if shard.sharded:
+        finish_shard(root, shard, mine)
     return kept
 
 
@@ -530,7 +903,7 @@ def load_llava(model_id: str, device: str, quantize_4bit: bool = False):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.float16,
                                                            bnb_4bit_use_double_quant=True)
-        kwargs["device_map"] = "auto"
+        kwargs["device_map"] = "auto" if device == "cuda" else {"": device}  # cuda:k: this shard's GPU only
     model = LlavaForConditionalGeneration.from_pretrained(model_id, **kwargs)
     if not quantize_4bit:  # a bitsandbytes model refuses .to() (§4.2)
         model.to(device)
@@ -625,12 +998,34 @@ def tiny_llava(words: Iterable[str] = (), seed: int = 0):
 
 
 # ------------------------------------------------------------------------------------------------ command line
+SHARDING_HELP = """\
+sharded generation (several GPUs, nodes or array tasks, one output folder):
+  Shard I of N generates exactly the classes c with c % N == I (a class is never split: same images as one
+  process). Without --shard-index/--num-shards, I and N come from torchrun (RANK, WORLD_SIZE; each process uses
+  GPU LOCAL_RANK), srun (SLURM_PROCID, SLURM_NTASKS) or a Slurm array (SLURM_ARRAY_TASK_ID,
+  SLURM_ARRAY_TASK_COUNT; ids counted from SLURM_ARRAY_TASK_MIN). Each shard writes
+  manifest.shard-I-of-N.jsonl, resumes from it when re-run, and marks itself finished; the last shard to
+  finish merges all of them into manifest.jsonl (class order, as a single-process run would write it).
+
+  torchrun --nproc-per-node 8 scripts/disef/generate.py --dataset-config-file D.yaml --output-dir OUT ...
+  sbatch --array=0-15 --gpus=1 --wrap "python scripts/disef/generate.py --dataset-config-file D.yaml \\
+      --output-dir OUT ..."            # re-submit failed array tasks with the same command
+  python scripts/disef/generate.py --output-dir OUT --merge    # merge by hand; refuses while a shard is
+                                                              # missing or unfinished, naming it
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option, and the sharding epilog as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DISEF synthetic augmentation pipeline (scripts/disef/generate.py)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=SHARDING_HELP, formatter_class=_HelpFormatter)
     data = parser.add_argument_group("real images (a vlprompt dataset: its few-shot train split)")
     data.add_argument("--root", default="", help="datasets root (DATASET.ROOT)")
-    data.add_argument("--dataset-config-file", required=True, help="e.g. configs/datasets/flowers102.yaml")
+    data.add_argument("--dataset-config-file", default="",
+                      help="e.g. configs/datasets/flowers102.yaml (required unless --merge)")
     data.add_argument("--seed", type=int, default=1, help="few-shot sampling seed and generation seed")
     data.add_argument("--num-shots", type=int, default=16, help="real shots per class (< 1: all)")
     data.add_argument("--subsample-classes", default="base", choices=("all", "base", "new"))
@@ -670,6 +1065,14 @@ def build_parser() -> argparse.ArgumentParser:
     flt.add_argument("--f1-threshold", type=float, default=-1.0,
                      help="> 0: only classes whose zero-shot val F1 is below it (improved DISEF: 0.70)")
     flt.add_argument("--f1-backbone", default="", help="zero-shot CLIP for the F1 selection ('' = filter backbone)")
+    shards = parser.add_argument_group("sharding (see the end of this help)")
+    shards.add_argument("--shard-index", type=int, default=None,
+                        help="this process generates the classes c with c %% N == I; None: from RANK, SLURM_PROCID "
+                             "or SLURM_ARRAY_TASK_ID, else 0")
+    shards.add_argument("--num-shards", type=int, default=None,
+                        help="N; None: from WORLD_SIZE, SLURM_NTASKS or SLURM_ARRAY_TASK_COUNT, else 1")
+    shards.add_argument("--merge", action="store_true",
+                        help="only merge the finished shard manifests of --output-dir into manifest.jsonl")
     parser.add_argument("--tiny-models", action="store_true",
                         help="offline smoke run: random tiny LLaVA and Stable Diffusion (meaningless images)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="dataset config overrides: KEY VALUE ...")
@@ -704,17 +1107,24 @@ def _zero_shot_f1_classes(args, dataset, template: str) -> list[int]:
     return classes
 
 
-def _complete(root: str, cfg: GenerationConfig, all_classes: Sequence[int]) -> bool:
-    """True when the manifest already holds ``images_per_class`` kept images for every requested class."""
+def _complete(root: str, cfg: GenerationConfig, classes: Sequence[int], manifest_file: str) -> bool:
+    """True when the manifest already holds ``images_per_class`` kept images for every class of ``classes``."""
     kept: dict[int, int] = defaultdict(int)
-    for record in read_manifest(root):
+    for record in read_manifest(root, manifest_file):
         kept[record["class"]] += record["kept"]
-    return all(kept[c] >= cfg.images_per_class for c in (cfg.classes or all_classes))
+    return all(kept[c] >= cfg.images_per_class for c in classes)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def _merge_only(args) -> int:
+    count = args.num_shards
+    if count is None:
+        env_shard = shard_from_env()
+        count = env_shard.count if env_shard.sharded else None
+    merge_shard_manifests(args.output_dir, count)
+    return 0
+
+
+def _generate(args, shard: Shard) -> int:
     cfg, dataset = _dataset(args)
     from ..zsclip import dataset_template
 
@@ -731,31 +1141,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         caption_temperature=args.caption_temperature, caption_max_new_tokens=args.caption_max_new_tokens,
         save_discarded=args.save_discarded)
     gen_cfg.check()
+    args.device = device = shard_device(args.device)  # also for the F1 pass
+    if shard.sharded:
+        logger.info(f"{shard} of {args.output_dir} on {device}")
     if args.f1_threshold > 0:
         gen_cfg.classes = _zero_shot_f1_classes(args, dataset, template)
-    if _complete(args.output_dir, gen_cfg, sorted(real)):
-        logger.info(f"{args.output_dir}: every class already has {gen_cfg.images_per_class} images; nothing to do")
+    classes = gen_cfg.classes or sorted(real)
+    reconcile_manifests(args.output_dir, shard, classes, dict(real))
+    if _complete(args.output_dir, gen_cfg, shard.select(classes), shard.manifest_file):
+        logger.info(f"{args.output_dir}: every class{f' of {shard}' if shard.sharded else ''} already has "
+                    f"{gen_cfg.images_per_class} images; nothing to do")
+        if shard.sharded:
+            finish_shard(args.output_dir, shard, shard.select(classes))
         return 0
     words = [w for name in dataset.classnames for w in name.split()]
     if args.tiny_models:
         logger.warning("--tiny-models: random tiny LLaVA and Stable Diffusion; the images are noise (smoke run)")
-        pipe = tiny_img2img_pipeline(words).to(args.device)
+        pipe = tiny_img2img_pipeline(words).to(device)
         model, processor = tiny_llava(words + args.caption_query.split())
-        captioner: Captioner = LlavaCaptioner(model.to(args.device), processor, gen_cfg)
+        captioner: Captioner = LlavaCaptioner(model.to(device), processor, gen_cfg)
     else:
-        pipe = load_sd_img2img(args.sd_model, args.device)
+        pipe = load_sd_img2img(args.sd_model, device)
         if args.captioner == "llava":
-            model, processor = load_llava(args.llava_model, args.device, args.quantize_4bit)
+            model, processor = load_llava(args.llava_model, device, args.quantize_4bit)
             captioner = LlavaCaptioner(model, processor, gen_cfg)
         else:
             captioner = TemplateCaptioner()
     image_filter = None
     if args.filter_backbone != "none":
-        image_filter = load_clip_filter(args.filter_backbone, dataset.classnames, template, args.device,
-                                        args.filter_lora)
+        image_filter = load_clip_filter(args.filter_backbone, dataset.classnames, template, device, args.filter_lora)
     run_generation(gen_cfg, args.output_dir, dict(real), dataset.classnames, captioner,
-                   Img2ImgGenerator(pipe, gen_cfg), image_filter)
+                   Img2ImgGenerator(pipe, gen_cfg), image_filter, shard=shard)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command; bad input (a missing shard, file or key, a bad value) is one line on stderr and exit status 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.merge and not args.dataset_config_file:
+        parser.error("--dataset-config-file is required (unless --merge)")
+    try:
+        return _merge_only(args) if args.merge else _generate(args, resolve_shard(args.shard_index, args.num_shards))
+    except USER_ERRORS as err:
+        if os.environ.get("VLPROMPT_DEBUG") == "1":
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        logger.error(f"error: {message}  (set VLPROMPT_DEBUG=1 for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":
