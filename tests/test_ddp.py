@@ -14,7 +14,7 @@ import torch
 
 from engine_helpers import REPO_ROOT, last_accuracy, run_train
 
-COOP_TINY = os.path.join(REPO_ROOT, "configs/trainers/CoOp/tiny_vit_ep30_ctxv1.yaml")
+COOP_TINY = os.path.join(REPO_ROOT, "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml")
 SYNTHETIC = os.path.join(REPO_ROOT, "configs/datasets/synthetic.yaml")
 
 

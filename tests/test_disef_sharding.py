@@ -33,6 +33,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_launcher_env(monkeypatch):
+    """The command reads these when --num-shards is absent; a test run inside Slurm must not see its own."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+                "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP"):
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture()
 def real(tmp_path):
     return write_real_images(str(tmp_path / "real"))
@@ -154,7 +162,7 @@ def test_merge_refuses_missing_unfinished_and_overlapping_shards(real, tmp_path,
 
     _fast_run(root, real, Shard(1, 2))  # finishes last: merges
     merged = _bytes(osp.join(root, "manifest.jsonl"))
-    assert [r["class"] for r in read_manifest(root)] == [0] * 4 + [1] * 4 + [2] * 4  # class order
+    assert [r["class"] for r in read_manifest(root)] == [0] * 3 + [1] * 3 + [2] * 3  # class order
     assert main(["--merge", "--output-dir", root]) == 0 and _bytes(osp.join(root, "manifest.jsonl")) == merged
 
     extra = read_manifest(root, "manifest.shard-0-of-2.jsonl")[0]  # shard 1 now also claims class 0
@@ -163,6 +171,8 @@ def test_merge_refuses_missing_unfinished_and_overlapping_shards(real, tmp_path,
     assert finish_shard(root, Shard(1, 2), [1]) is False  # the automatic merge refuses (and logs why)
     with pytest.raises(ShardMergeError, match="class 0 is claimed by shard 0-of-2 and shard 1-of-2"):
         merge_shard_manifests(root)
+    with pytest.raises(ShardMergeError, match="--num-shards 1: an unsharded run writes manifest.jsonl itself"):
+        merge_shard_manifests(root, 1)
     assert _bytes(osp.join(root, "manifest.jsonl")) == merged  # a refused merge writes nothing
 
 
@@ -184,13 +194,14 @@ def test_merge_never_drops_records_and_plain_run_merges(real, tmp_path):
 
     generator = SolidGenerator()  # a 3-shard run continues the plain one: shard 2 adopts class 2's 4 records
     assert _fast_run(root, real, Shard(2, 3), generator, images_per_class=5) == {2: 5} and generator.images == 2
-    assert len(read_manifest(root, "manifest.shard-2-of-3.jsonl")) == 6
-    with open(osp.join(root, "manifest.jsonl"), "a") as f:
-        f.write(json.dumps({**read_manifest(root)[0], "cycle": 99}) + "\n")
-    for index in (0, 1):
-        _fast_run(root, real, Shard(index, 3), images_per_class=5)  # shard 1 finishes last; its merge refuses
-    with pytest.raises(ShardMergeError, match="manifest.jsonl has 1 records no shard manifest holds"):
-        merge_shard_manifests(root, 3)
+    assert len(read_manifest(root, "manifest.shard-2-of-3.jsonl")) == 5
+    for index in (0, 1):  # shard 1 finishes last and merges
+        _fast_run(root, real, Shard(index, 3), images_per_class=5)
+    assert [r["class"] for r in read_manifest(root)] == [0] * 5 + [1] * 5 + [2] * 5
+    _fast_run(root, real, Shard(), images_per_class=6)  # a plain run extends the merged manifest
+    with pytest.raises(ShardMergeError, match="manifest.jsonl has 3 records no shard manifest holds"):
+        merge_shard_manifests(root, 3)  # it would drop the plain run's records
+    assert len(read_manifest(root)) == 3 * 6
 
 
 def test_killed_shard_resumes_without_regenerating(real, tmp_path, monkeypatch):

@@ -39,6 +39,15 @@ TINY_CONFIG = "configs/trainers/MLPT/tiny_vit_ctx4_csc_ep40.yaml"
 SYNTHETIC_YAML = osp.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one torch thread is faster when cores are shared, and deterministic for a torch build."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- GMM co-divide
 
 

@@ -78,7 +78,7 @@ class CoCoOpPromptLearner(PromptLearnerBase):
 
     def forward(self, image_features: Tensor, seq_len: Optional[int] = None) -> Tensor:
         """Prompts for every (image, class) pair; ``seq_len`` crops them (see ``construct_prompts``)."""
-        bias = self.meta_net(image_features)  # (B, D)
+        bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, D), fp32 master weights
         ctx_shifted = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n_ctx, D)
         ctx = ctx_shifted.unsqueeze(1).expand(-1, self.n_cls, -1, -1)  # (B, n_cls, n_ctx, D)
         return self.construct_prompts(ctx, seq_len)  # (B, n_cls, L, D)
@@ -111,11 +111,18 @@ class CoCoOpCLIP(nn.Module):
         text_features = l2_normalize(text_features).view(batch, n_cls, -1)  # (b, n_cls, E)
         return self.logit_scale.exp() * torch.einsum("be,bce->bc", image_features, text_features)  # (b, n_cls)
 
-    def forward(self, image: Tensor) -> Tensor:
-        image_features = l2_normalize(self.image_encoder(image.to(self.dtype)))  # (B, E)
+    def encode_image(self, image: Tensor) -> Tensor:
+        """L2-normalised image features ``(B, E)`` of the frozen image tower."""
+        return l2_normalize(self.image_encoder(image.to(self.dtype)))
+
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
+        """Logits ``(B, n_cls)`` of normalised features ``(B, E)``, chunked by ``text_chunk_size``."""
         n_cls = self.prompt_learner.n_cls
         per_chunk = max(1, self.text_chunk_size // n_cls) if self.text_chunk_size > 0 else image_features.shape[0]
         return torch.cat([self._logits(chunk) for chunk in image_features.split(per_chunk)])  # (B, n_cls)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)
 
 
 @TRAINER_REGISTRY.register()
@@ -126,6 +133,7 @@ class CoCoOp(ClipPromptTrainer):
     """
 
     LEARNABLE = ("prompt_learner",)
+    EVAL_FROM_IMAGE_FEATURES = True  # the meta-net reads image features; the image tower itself is frozen
 
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.COCOOP

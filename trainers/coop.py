@@ -10,7 +10,8 @@ trainer); this file holds CoOp's keys and choices.
 
 Deviations (same results): checkpoints hold only ``ctx`` (the class-name buffers are rebuilt per run; CoOp-era
 checkpoints that carry them still load, strictly); middle/front layouts are one gather instead of a loop; the
-text tower is cropped at the last EOT (``MODEL.TEXT_ENCODER_TRUNCATE``); fp16 on a CPU runs in fp32 (warned).
+text tower is cropped at the last EOT (``MODEL.TEXT_ENCODER_TRUNCATE``); fp16 on a CPU runs in fp32 (warned); under fp16 ``ctx`` keeps fp32 master weights (cast to fp16 in the prompt);
+test-split image features are cached across runs (``TEST.FEATURE_CACHE``).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class CoOp(ClipPromptTrainer):
     """
 
     LEARNABLE = ("prompt_learner",)
+    EVAL_FROM_IMAGE_FEATURES = True  # only the text side is learned: test features are encoded once and cached
 
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.COOP

@@ -215,6 +215,10 @@ class DPT(ClipPromptTrainer):
 
     LEARNABLE = ("prompt_learner",)
 
+    def fp32_master_weights(self) -> bool:
+        """DPT's own recipe (spec §4.5): CLIP's dtype for the module, the scores kept fp32 by ``FP32_SCORES``."""
+        return False
+
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.DPT
         if node.N_CTX < 1:

@@ -71,15 +71,24 @@ def dataset_template(dataset_name: str) -> str:
 class ZeroshotCLIPModel(nn.Module):
     """``images -> logits`` against fixed, L2-normalised class text features ``(n_cls, E)``."""
 
+    PER_IMAGE_TEXT = False  # class text features are the same for every image (cached evaluation scores big chunks)
+
     def __init__(self, clip_model: nn.Module, text_features: Tensor) -> None:
         super().__init__()
         self.image_encoder = clip_model.visual
         self.logit_scale = clip_model.logit_scale
         self.register_buffer("text_features", text_features, persistent=False)  # (n_cls, E)
 
+    def encode_image(self, image: Tensor) -> Tensor:
+        """L2-normalised image features ``(B, E)``."""
+        return l2_normalize(self.image_encoder(image.to(self.text_features.dtype)))
+
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
+        """Logits ``(B, n_cls)`` of L2-normalised image features ``(B, E)``."""
+        return cosine_logits(image_features, self.text_features, self.logit_scale)
+
     def forward(self, image: Tensor) -> Tensor:
-        image_features = l2_normalize(self.image_encoder(image.to(self.text_features.dtype)))  # (B, E)
-        return cosine_logits(image_features, self.text_features, self.logit_scale)  # (B, n_cls)
+        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)
 
 
 @TRAINER_REGISTRY.register()
@@ -91,6 +100,7 @@ class ZeroshotCLIP(ClipPromptTrainer):
 
     LEARNABLE = ()
     CFG_NODE = "ZEROSHOTCLIP"
+    EVAL_FROM_IMAGE_FEATURES = True  # frozen image tower: test features are encoded once and cached
 
     def templates(self) -> Sequence[str]:
         return (dataset_template(self.cfg.DATASET.NAME),)

@@ -8,6 +8,17 @@
 Re-running the same command continues where a previous run stopped. The pipeline, its defaults and the
 seed-notebook fixes are documented in ``trainers/common/disef_generation.py`` (``python -m
 trainers.common.disef_generation`` is the same command).
+
+Sharded by class over several GPUs, nodes or array tasks, into one output folder (shard I of N generates the
+classes c with c % N == I; I and N come from --shard-index/--num-shards, else from torchrun's RANK/WORLD_SIZE,
+srun's SLURM_PROCID/SLURM_NTASKS or a Slurm array's SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)::
+
+    torchrun --nproc-per-node 8 scripts/disef/generate.py ... --output-dir OUT     # one GPU per rank
+    sbatch --array=0-15 --gpus=1 --wrap "python scripts/disef/generate.py ... --output-dir OUT"
+    python scripts/disef/generate.py --output-dir OUT --merge                      # by hand, if needed
+
+Each shard resumes from its own manifest.shard-I-of-N.jsonl; the last shard to finish merges them into
+manifest.jsonl, the same bytes as a single-process run. See the end of --help.
 """
 import os
 import sys

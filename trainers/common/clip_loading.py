@@ -6,9 +6,11 @@ OpenAI name, ``tiny-vit``/``tiny-rn``, or a path) plus the names in ``PRETRAINED
 ``clip/pretrain_tiny.py`` pre-trained on synthetic shapes, stored under ``pretrained_dir()``.
 
 Precision (CoOp's ``TRAINER.<NAME>.PREC``):
-- ``fp16``: the reference recipe — conv/linear/attention weights and projections in half precision, CLIP
-  computes in fp16 and the learnable modules are half too.  On a CPU this falls back to ``fp32`` with a
-  warning (fp16 matmuls are slow or missing there).
+- ``fp16``: the reference recipe for the frozen towers — conv/linear/attention weights and projections in half
+  precision, CLIP computes in fp16.  The learnable modules keep fp32 *master* weights (the reference makes them
+  half and runs SGD on fp16 values, where small updates round away); they are cast to fp16 where they meet the
+  frozen tensors (``PromptLearnerBase.construct_prompts``, CoCoOp's meta-net), so gradients arrive in fp32.
+  On a CPU this falls back to ``fp32`` with a warning (fp16 matmuls are slow or missing there).
 - ``fp32``: everything in fp32.
 - ``amp``: CLIP and the learnable modules in fp32; the training forward runs under ``torch.autocast`` with
   a ``GradScaler`` (CUDA only; on a CPU it falls back to ``fp32`` with a warning).
@@ -127,6 +129,19 @@ def cast_clip(clip_model: CLIP, precision: str) -> CLIP:
     return clip_model
 
 
-def cast_learnable(module: nn.Module, clip_model: CLIP) -> nn.Module:
-    """Give a learnable module CLIP's dtype, as CoOp/CoCoOp do (half under fp16, fp32 under fp32 and amp)."""
-    return module.to(clip_model.dtype)
+def cast_learnable(module: nn.Module, clip_model: CLIP, fp32_master: bool = True) -> nn.Module:
+    """Give a learnable module its training dtype, in place.
+
+    Args:
+        module: the learnable submodule.
+        clip_model: CLIP after ``cast_clip`` (its dtype is the compute dtype of the frozen towers).
+        fp32_master: keep fp32 parameters whatever CLIP's dtype (default; the module casts them to the compute
+            dtype in its forward); ``False`` gives parameters and buffers CLIP's dtype, literally as CoOp/CoCoOp do
+            (half under fp16).  Buffers (frozen token embeddings) keep their dtype under ``fp32_master``.
+    """
+    if not fp32_master:
+        return module.to(clip_model.dtype)
+    for param in module.parameters():
+        if param.is_floating_point():
+            param.data = param.data.float()
+    return module

@@ -465,7 +465,8 @@ class Manifest:
             relative = osp.normpath(osp.relpath(path, self.root))
             name = osp.basename(path)
             ours = GENERATED_NAME.match(name) or GENERATED_NAME.match(name.split(".tmp")[0])
-            if ours and relative not in listed and self.owns(relative):  # written by a cycle that was killed before its records
+            # written by a cycle that was killed before its records (never another shard's folder)
+            if ours and relative not in listed and self.owns(relative):
                 logger.warning(f"Removing {path}: not in the manifest (an interrupted cycle; it is regenerated)")
                 os.remove(path)
         return self
@@ -646,6 +647,9 @@ def merge_shard_manifests(root: str, count: Optional[int] = None) -> str:
     ``manifest.jsonl`` holds records that no shard manifest has (merging would drop them).
     """
     count = count or _only_shard_count(root)
+    if count < 2:
+        raise ShardMergeError(f"cannot merge {root} with --num-shards {count}: an unsharded run writes "
+                              f"{MANIFEST_FILE} itself; pass the shard count of the sharded run")
     problems = unfinished_shards(root, count)
     if problems:
         raise ShardMergeError(f"cannot merge {root}: {'; '.join(problems)}")
@@ -658,7 +662,7 @@ def merge_shard_manifests(root: str, count: Optional[int] = None) -> str:
                               f"(first: class {lost[0]['class']} cycle {lost[0]['cycle']}); move it away to rebuild "
                               "it from the shards")
     path = osp.join(root, MANIFEST_FILE)
-    if osp.isfile(path) and open(path, "rb").read() == data:
+    if osp.isfile(path) and _sha256(path) == hashlib.sha256(data).hexdigest():
         logger.info(f"{path} is already the merge of the {count} shard manifests")
     else:
         _atomic_write(path, data)

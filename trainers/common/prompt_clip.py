@@ -30,6 +30,8 @@ class PromptCLIP(nn.Module):
     ``logit_scale``), so ``LEARNABLE = ("prompt_learner",)`` selects the prompt and nothing else.
     """
 
+    PER_IMAGE_TEXT = False  # class text features are the same for every image (cached evaluation scores big chunks)
+
     def __init__(self, prompt_learner: PromptLearnerBase, text_encoder: TextEncoder, clip_model: nn.Module) -> None:
         super().__init__()
         self.prompt_learner = prompt_learner
@@ -50,5 +52,9 @@ class PromptCLIP(nn.Module):
         prompts = self.prompt_learner()  # (n_cls, 77, D)
         return l2_normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts))
 
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
+        """Logits ``(B, n_cls)`` of L2-normalised image features ``(B, E)`` (cached evaluation)."""
+        return cosine_logits(image_features, self.encode_text(), self.logit_scale)
+
     def forward(self, image: Tensor) -> Tensor:
-        return cosine_logits(self.encode_image(image), self.encode_text(), self.logit_scale)  # (B, n_cls)
+        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)

@@ -8,11 +8,15 @@ CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", arXiv:2109.0
   ``INPUT.SIZE`` — before CLIP loads.
 - ``build_model``: load CLIP on the CPU, apply the precision (fp16 -> fp32 with a warning on a CPU), call the
   subclass's ``build_custom_clip(clip_model, classnames)``, freeze every parameter outside the submodules named
-  in ``LEARNABLE``, give those CLIP's dtype, optionally load ``MODEL.INIT_WEIGHTS``, and register each with its
-  own optimizer and scheduler (so each is switched train/eval, saved and loaded by name).
+  in ``LEARNABLE``, keep their parameters in fp32 (master weights, also under fp16), optionally load
+  ``MODEL.INIT_WEIGHTS``, and register each with its own optimizer and scheduler (so each is switched
+  train/eval, saved and loaded by name).
 - ``forward_backward``: one step around ``forward_train`` and ``compute_loss``; fp16/fp32 go through Dassl's
   ``model_backward_and_update`` (non-finite loss check), amp through autocast + ``GradScaler``.
 - ``load_model``: drops the frozen class-name buffers of old-style checkpoints, then loads strictly.
+- ``test``: with ``EVAL_FROM_IMAGE_FEATURES`` (frozen, un-prompted image tower), the split's images are encoded
+  once — or loaded from the on-disk ``FeatureCache`` (``TEST.FEATURE_CACHE``) — and the logits are computed from
+  those features in batches; otherwise Dassl's image-by-image loop.
 
 A method subclasses it like this::
 
@@ -30,6 +34,11 @@ A method subclasses it like this::
 
         def compute_loss(self, output, label):  # optional; default cross-entropy on logits
             ...
+
+Cached evaluation: a method whose image features do not depend on anything learned sets
+``EVAL_FROM_IMAGE_FEATURES = True``; its custom CLIP then provides ``image_encoder`` (the frozen visual tower),
+``encode_image(images) -> normalised features (B, E)`` and ``logits_from_image_features(features) -> (B, n_cls)``,
+with ``logits_from_image_features(encode_image(x)) == forward(x)``.
 """
 from __future__ import annotations
 
@@ -41,15 +50,18 @@ from typing import Any, ClassVar, ContextManager, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from dassl.config import register_cfg_defaults
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint, load_pretrained_weights
+from dassl.utils.dist import is_distributed
 
 from .clip_loading import PRECISIONS, cast_clip, cast_learnable, check_input_size, load_clip_to_cpu, \
     resolve_backbone, resolve_precision
+from .feature_cache import FeatureCache, items_digest, module_digest
 from .text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -80,6 +92,10 @@ def add_cfg_defaults(cfg) -> None:
     cfg.MODEL.TEXT_ENCODER_TRUNCATE = True
 
 
+# Images scored per call in cached evaluation when the class text features are shared by all images.
+SHARED_TEXT_CHUNK = 4096
+
+
 class ClipPromptTrainer(TrainerX):
     """Base trainer for methods that adapt a frozen CLIP through a few learnable submodules.
 
@@ -90,17 +106,22 @@ class ClipPromptTrainer(TrainerX):
         CFG_NODE: the ``TRAINER.<CFG_NODE>`` subtree holding ``PREC``; "" means the class name upper-cased.
         FROZEN_BUFFERS: state-dict key names (last dotted component) dropped before loading a checkpoint:
             CoOp-era checkpoints carry the class-name embeddings, which we rebuild for the current classes.
+        EVAL_FROM_IMAGE_FEATURES: ``test`` encodes each split's images once (cached on disk across runs) and
+            computes logits from the features; only for methods whose image features are frozen and un-prompted
+            (see the module docstring for what the custom CLIP must provide).
 
     Hooks a method overrides (all optional except ``build_custom_clip``):
         ``check_cfg(cfg)``, ``build_custom_clip(clip_model, classnames)``, ``forward_train(image, label)``,
         ``compute_loss(output, label)``, ``loss_summary(output, label, loss)``,
         ``build_optimizer_and_scheduler(name, module)``.  Helpers: ``method_cfg()``, ``make_text_encoder(clip)``,
-        ``autocast()``, ``backward_and_update(loss)``; attributes ``precision`` (resolved) and ``scaler``.
+        ``autocast()``, ``backward_and_update(loss)``, ``fp32_master_weights()``; attributes ``precision``
+        (resolved) and ``scaler``.
     """
 
     LEARNABLE: ClassVar[Sequence[str]] = ("prompt_learner",)
     CFG_NODE: ClassVar[str] = ""
     FROZEN_BUFFERS: ClassVar[Sequence[str]] = ("token_prefix", "token_suffix")
+    EVAL_FROM_IMAGE_FEATURES: ClassVar[bool] = False
 
     precision: str = "fp32"
     scaler: Optional[torch.amp.GradScaler] = None
@@ -154,7 +175,7 @@ class ClipPromptTrainer(TrainerX):
         self.model = self.build_custom_clip(clip_model, classnames)
         learnable = self.freeze_all_but_learnable(self.model)
         for module in learnable.values():
-            cast_learnable(module, clip_model)
+            cast_learnable(module, clip_model, fp32_master=self.fp32_master_weights())
         if cfg.MODEL.INIT_WEIGHTS:
             if not learnable:
                 raise ValueError(f"MODEL.INIT_WEIGHTS is set but {type(self).__name__} has nothing to load it into")
@@ -165,6 +186,10 @@ class ClipPromptTrainer(TrainerX):
             optim, sched = self.build_optimizer_and_scheduler(name, module)
             self.register_model(name, module, optim, sched)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" else None
+
+    def fp32_master_weights(self) -> bool:
+        """Keep learnable parameters in fp32 under fp16 (default); ``False`` = the reference's half weights."""
+        return True
 
     def freeze_all_but_learnable(self, model: nn.Module) -> dict[str, nn.Module]:
         """Set ``requires_grad`` only under the ``LEARNABLE`` paths; return those modules by name."""
@@ -266,3 +291,70 @@ class ClipPromptTrainer(TrainerX):
             logger.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             check_state_dict_fits(self._models[name], state_dict, model_path)
             self._models[name].load_state_dict(state_dict, strict=True)
+
+    # ------------------------------------------------------------------ evaluation from image features
+    def feature_eval_enabled(self) -> bool:
+        """Whether ``test`` evaluates from (cached) image features: opted in, enabled, single process, frozen."""
+        if not self.EVAL_FROM_IMAGE_FEATURES or not self.cfg.TEST.FEATURE_CACHE.ENABLED:
+            return False
+        if is_distributed():
+            # Each rank evaluates its own block of the split; the cache would need a cross-rank protocol.
+            if not getattr(self, "_logged_no_cache_dist", False):
+                logger.info("Feature cache is disabled under distributed runs; evaluating image by image")
+                self._logged_no_cache_dist = True
+            return False
+        for attr in ("image_encoder", "encode_image", "logits_from_image_features"):
+            if not hasattr(self.model, attr):
+                raise AttributeError(f"{type(self).__name__}.EVAL_FROM_IMAGE_FEATURES is set but "
+                                     f"{type(self.model).__name__} has no {attr}; implement it or unset the flag")
+        if any(p.requires_grad for p in self.model.image_encoder.parameters()):
+            logger.warning(f"{type(self).__name__}: the image encoder has trainable parameters; not caching features")
+            return False
+        return True
+
+    def eval_split(self, split: Optional[str]) -> tuple[str, Any, Sequence]:
+        """(split name, loader, data source) as Dassl's ``test`` picks them: val falls back to test."""
+        split = self.cfg.TEST.SPLIT if split is None else split
+        if split == "val" and self.val_loader is not None:
+            return "val", self.val_loader, self.dm.dataset.val
+        return "test", self.test_loader, self.dm.dataset.test
+
+    def image_feature_key(self, split: str, data_source: Sequence) -> str:
+        """Cache key: image-encoder weights, dataset, split, ordered (impath, label) list and test transform."""
+        image_digest = items_digest([item.impath for item in data_source], [item.label for item in data_source])
+        return FeatureCache.make_key(module_digest(self.model.image_encoder), self.cfg.DATASET.NAME, split,
+                                     image_digest, repr(self.dm.tfm_test))
+
+    @torch.no_grad()
+    def encode_split(self, split: str, data_loader) -> tuple[Tensor, Tensor]:
+        """Normalised image features ``(N, E)`` and labels of a whole split, in loader order, on the CPU."""
+        features, labels = [], []
+        for batch in tqdm(data_loader, desc=f"encode {split}", leave=False):
+            image, label = self.parse_batch_test(batch)
+            features.append(self.model.encode_image(image).cpu())
+            labels.append(label.cpu())
+        return torch.cat(features), torch.cat(labels)
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        """Dassl's ``test``; from (cached) image features when ``feature_eval_enabled()``."""
+        if not self.feature_eval_enabled():
+            return super().test(split)
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split, data_loader, data_source = self.eval_split(split)
+        logger.info(f"Evaluate on the *{split}* set")
+        cache = FeatureCache(self.cfg.TEST.FEATURE_CACHE.DIR)
+        features, labels = cache.get_or_compute(self.image_feature_key(split, data_source),
+                                                lambda: self.encode_split(split, data_loader))
+        # Models whose class text features do not depend on the image (CoOp, zero-shot) score the whole
+        # split in a few large chunks: their text tower then runs a few times instead of once per batch.
+        per_image_text = getattr(self.model, "PER_IMAGE_TEXT", True)
+        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE if per_image_text else SHARED_TEXT_CHUNK
+        for feats, label in zip(features.split(batch_size), labels.split(batch_size)):
+            output = self.model.logits_from_image_features(feats.to(self.device))  # (b, n_cls)
+            self.evaluator.process(output, label.to(self.device))
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        return list(results.values())[0]
