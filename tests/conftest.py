@@ -4,6 +4,7 @@ import sys
 import tempfile
 
 import pytest
+import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -11,6 +12,10 @@ if REPO_ROOT not in sys.path:
 
 # The PyTorch environment report takes seconds per run; tests never read it.
 os.environ.setdefault("VLPROMPT_SKIP_ENV_INFO", "1")
+# One torch thread per test process: the suite runs on 2 xdist workers (pytest.ini), and on a 2-core
+# machine competing OpenMP threads slow the tiny models down by up to 10x. Subprocesses inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 # Caches (frozen image features, ...) go to a fresh folder, never the user's ~/.cache.
 os.environ["VLPROMPT_CACHE"] = tempfile.mkdtemp(prefix="vlprompt-test-cache-")
 

@@ -86,8 +86,8 @@ def test_refined_targets_match_the_formula(temperature):
     for p, w, y in zip(probs, weights, labels):
         refined = [w * (1.0 if c == y else 0.0) + (1 - w) * p[c] for c in range(3)]
         expected.append(_sharpen_by_hand(refined, temperature))
-    got = refined_targets(torch.tensor(weights, dtype=torch.float64), torch.tensor(labels), torch.tensor(probs, dtype=torch.float64),
-                          temperature)
+    got = refined_targets(torch.tensor(weights, dtype=torch.float64), torch.tensor(labels),
+                          torch.tensor(probs, dtype=torch.float64), temperature)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
     if temperature == 0.5:  # one value by hand: row 0 refines to [0.96, 0.03, 0.01], squared and renormalised
         assert got[0, 0].item() == pytest.approx(0.9216 / (0.9216 + 0.0009 + 0.0001), abs=1e-9)
@@ -99,7 +99,8 @@ def test_co_guessed_targets_match_the_formula():
     expected = [_sharpen_by_hand([(a + b) / 2 for a, b in zip(ra, rb)], 0.5) for ra, rb in zip(p_a, p_b)]
     got = co_guessed_targets(torch.tensor(p_a, dtype=torch.float64), torch.tensor(p_b, dtype=torch.float64), 0.5)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
-    assert got[0].tolist() == pytest.approx([0.16 / 0.345, 0.1225 / 0.345, 0.0625 / 0.345])  # [.4 .35 .25]^2, renormalised
+    # by hand: the mean is [0.4, 0.35, 0.25]; squared [0.16, 0.1225, 0.0625], sum 0.345
+    assert got[0].tolist() == pytest.approx([0.16 / 0.345, 0.1225 / 0.345, 0.0625 / 0.345])
 
 
 def test_losses_match_their_formulas():
@@ -273,10 +274,52 @@ def test_checkpoints_eval_only_and_parse_test_res(data_root, tmp_path):
 @pytest.mark.parametrize("opts, match", [
     (["DATASET.NUM_SHOTS", "4", "DATASET.NUM_FP", "4"], "DATASET.NUM_FP=4 must be < DATASET.NUM_SHOTS=4"),
     (["TRAINER.MLPT.THRESHOLD", "1.0"], "TRAINER.MLPT.THRESHOLD=1.0"),
-    (["TRAINER.MLPT.WARMUP_EPOCH", "11"], "TRAINER.MLPT.WARMUP_EPOCH=11"),
+    (["TRAINER.MLPT.WARMUP_EPOCH", "41"], "TRAINER.MLPT.WARMUP_EPOCH=41"),
     (["TRAINER.MLPT.TEM", "0.0"], "TEM=0.0 must be > 0"),
 ])
 def test_bad_config_fails_in_check_cfg_with_the_key(data_root, tmp_path, opts, match):
     cfg = build_cfg("MLPT", TINY_CONFIG, str(tmp_path), data_root, backbone="tiny-vit", opts=opts)
     with pytest.raises(ValueError, match=re.escape(match)):
         build(cfg)
+
+
+def test_resume_through_codivide_is_bit_identical(data_root, tmp_path):
+    """Roll a finished run back to its epoch-2 checkpoint and resume: same weights (GMM RNG restored)."""
+    import shutil
+
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    argv = ["--root", data_root, "--seed", "1", "--trainer", "MLPT", "--dataset-config-file", SYNTHETIC_YAML,
+            "--config-file", osp.join(REPO_ROOT, TINY_CONFIG)]
+    opts = ["MODEL.BACKBONE.NAME", "tiny-vit", "DATASET.NUM_SHOTS", "4", "DATASET.NUM_FP", "2", "OPTIM.MAX_EPOCH", "4",
+            "TRAINER.MLPT.WARMUP_EPOCH", "1", "TRAIN.CHECKPOINT_FREQ", "1"]
+    assert run_train(argv + ["--output-dir", full] + opts) == 0
+    for branch in BRANCHES:
+        shutil.copytree(osp.join(full, branch), osp.join(resumed, branch),
+                        ignore=shutil.ignore_patterns("model.pth.tar-3", "model.pth.tar-4"))
+        with open(osp.join(resumed, branch, "checkpoint"), "w") as f:
+            f.write("model.pth.tar-2\n")
+    assert run_train(argv + ["--output-dir", resumed] + opts) == 0
+    assert "Previous epoch: 2" in open(osp.join(resumed, "log.txt")).read()
+    for branch in BRANCHES:
+        a, b = (torch.load(osp.join(d, branch, "model.pth.tar-4"), weights_only=False)["state_dict"]["ctx"]
+                for d in (full, resumed))
+        assert torch.equal(a, b), branch
+    assert last_accuracy(osp.join(resumed, "log.txt")) == last_accuracy(osp.join(full, "log.txt"))
+
+
+@pytest.mark.parametrize("robust", [False, True])
+def test_warmup_step_uses_ce_or_gce_on_one_branch(data_root, tmp_path, robust):
+    cfg = build_cfg("MLPT", TINY_CONFIG, str(tmp_path), data_root, backbone="tiny-vit",
+                    opts=["DATASET.NUM_SHOTS", "4", "TRAINER.MLPT.USE_ROBUSTLOSS", str(robust)])
+    trainer = build(cfg)
+    batch = _batch(trainer, 8)
+    model = trainer.model
+    with torch.no_grad():
+        logits = model.logits(model.encode_image(batch["img"]), model.encode_text(BRANCHES[1]))
+    p_y = logits.softmax(1).gather(1, batch["label"].unsqueeze(1)).squeeze(1)
+    expected = ((1 - (p_y + 1e-6) ** 0.5) / 0.5).mean() if robust else -p_y.log().mean()
+    captured = {}
+    trainer.update_branch = lambda loss, branch: captured.update(loss=loss.item(), branch=branch)
+    summary = trainer.warmup_step(BRANCHES[1], batch)
+    assert captured == {"loss": pytest.approx(expected.item(), rel=1e-5), "branch": BRANCHES[1]}
+    assert set(summary) == {"loss2", "acc2"}

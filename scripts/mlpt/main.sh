@@ -11,7 +11,8 @@
 #   env: DATA (./data), SEEDS ("1 2 3"; the reference ran seed 1 only), TRAINER (MLPT, or CoOp for the baseline:
 #        same YAML, same noisy few-shot set), NCTX (16), CSC (False), CTP (end), GCE (False: GCE warm-up, MLPT only),
 #        LITERAL (0; 1 = the reference's make_noise, DATASET.NOISE_LITERAL, folder suffix _literal),
-#        OUTPUT (output), PYTHON (python)
+#        OUTPUT (output), PYTHON (python), OPTS (extra KEY VALUE overrides) with TAG (a suffix of the
+#        <CFG>_<SHOTS>shots folder naming them, required with OPTS)
 #   then: python parse_test_res.py ${OUTPUT}/<DATASET>/<TRAINER>/<CFG>_<SHOTS>shots/nctx16_cscFalse_ctpend/GCEFalse/<SHOTS>shots_<NUM_FP>noise
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,12 @@ GCE=${GCE:-False}
 LITERAL=${LITERAL:-0}
 OUTPUT=${OUTPUT:-output}
 PYTHON=${PYTHON:-python}
+OPTS=${OPTS:-}
+TAG=${TAG:-}
+if [ -n "${OPTS}" ] && [ -z "${TAG}" ]; then
+    echo "error: OPTS='${OPTS}' changes the runs; set TAG to a folder suffix that names the change" >&2
+    exit 1
+fi
 
 case ${TRAINER} in
     MLPT) NODE=TRAINER.MLPT; METHOD_OPTS="${NODE}.USE_ROBUSTLOSS ${GCE}" ;;
@@ -50,16 +57,16 @@ if [ "${LITERAL}" = "1" ]; then
 fi
 
 for SEED in ${SEEDS}; do
-    DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/GCE${GCE}/${SHOTS}shots_${NUM_FP}noise${SUFFIX}/seed${SEED}
+    DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots${TAG:+_${TAG}}/nctx${NCTX}_csc${CSC}_ctp${CTP}/GCE${GCE}/${SHOTS}shots_${NUM_FP}noise${SUFFIX}/seed${SEED}
     if grep -qs "^Finish training" "${DIR}"/log.txt*; then
         echo "Skip ${DIR} (finished)"
         continue
     fi
     echo "Run ${DIR}"
-    # shellcheck disable=SC2086  # METHOD_OPTS / NOISE_OPTS are lists of KEY VALUE words
+    # shellcheck disable=SC2086  # METHOD_OPTS / NOISE_OPTS / OPTS are lists of KEY VALUE words
     ${PYTHON} train.py --root "${DATA}" --seed "${SEED}" --trainer "${TRAINER}" \
         --dataset-config-file "configs/datasets/${DATASET}.yaml" --config-file "configs/trainers/MLPT/${CFG}.yaml" \
         --output-dir "${DIR}" \
         ${NODE}.N_CTX "${NCTX}" ${NODE}.CSC "${CSC}" ${NODE}.CLASS_TOKEN_POSITION "${CTP}" ${METHOD_OPTS} \
-        DATASET.NUM_SHOTS "${SHOTS}" ${NOISE_OPTS}
+        DATASET.NUM_SHOTS "${SHOTS}" ${NOISE_OPTS} ${OPTS}
 done

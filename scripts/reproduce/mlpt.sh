@@ -10,8 +10,10 @@
 #   env: SEEDS ("1 2 3"), DATASETS ("dtd caltech101 fgvc_aircraft oxford_flowers oxford_pets ucf101"),
 #        CFGS ("rn50_ep50 vit_b32_ep50"), NOISE ("0 2 4 8"), SHOTS (16), TRAINERS ("MLPT CoOp"),
 #        LITERAL ("0"; "0 1" adds MLPT under the reference's noise), NCTX (16), CSC (False), OUTPUT (output),
-#        PYTHON (python), TABLE_ONLY=1 (only print the table of finished runs)
-#   CPU smoke run: DATASETS=synthetic CFGS=tiny_vit_csc_ep10 NCTX=4 CSC=True NOISE="0 8" SEEDS=1
+#        PYTHON (python), OPTS + TAG (extra KEY VALUE overrides and the folder suffix naming them, as in
+#        scripts/mlpt/main.sh), TABLE_ONLY=1 (only print the table of finished runs)
+#   CPU smoke run: DATASETS=synthetic CFGS=tiny_vit_ctx4_csc_ep40 NCTX=4 CSC=True NOISE="0 8" SEEDS=1 LITERAL="0 1"
+#                  (the tiny-vit-synthetic weights: python scripts/pretrain_tiny_clip.py --name tiny-vit-synthetic)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,6 +30,8 @@ export NCTX=${NCTX:-16}
 export CSC=${CSC:-False}
 export OUTPUT=${OUTPUT:-output}
 export PYTHON=${PYTHON:-python}
+export OPTS=${OPTS:-}
+export TAG=${TAG:-}
 unset LITERAL
 
 if [ "${TABLE_ONLY:-0}" != "1" ]; then
@@ -98,7 +102,8 @@ for dataset in env["DATASETS"].split():
     for cfg in env["CFGS"].split():
         for trainer, suffix in methods:
             ctx = f"nctx{env['NCTX']}_csc{env['CSC']}_ctpend/GCEFalse"
-            root = osp.join(env["OUTPUT"], dataset, trainer, f"{cfg}_{shots}shots", ctx)
+            tag = f"_{env['TAG']}" if env["TAG"] else ""
+            root = osp.join(env["OUTPUT"], dataset, trainer, f"{cfg}_{shots}shots{tag}", ctx)
             cells = [cell(osp.join(root, f"{shots}shots_{f}noise{suffix if f else ''}")) for f in noise]
             ref = REFERENCE.get((trainer, cfg), {}).get(dataset)
             ref_text = " / ".join(f"{ref[NOMINAL.index(f)]:.1f}" for f in noise if f in NOMINAL) if ref else "n/a"
