@@ -1,5 +1,7 @@
 """Shared test setup: the repo root on sys.path, quiet env dump, and a session data root."""
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -18,6 +20,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 # Caches (frozen image features, ...) go to a fresh folder, never the user's ~/.cache.
 os.environ["VLPROMPT_CACHE"] = tempfile.mkdtemp(prefix="vlprompt-test-cache-")
+atexit.register(shutil.rmtree, os.environ["VLPROMPT_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

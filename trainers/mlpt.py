@@ -422,6 +422,7 @@ class MLPT(ClipPromptTrainer):
         self.model_zero_grad(names=[branch])
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
+        self.sync_gradients([branch])  # torchrun: average (scaled) gradients over ranks before the step
         self.scaler.step(self._optims[branch])
         self.scaler.update()
 

@@ -249,6 +249,7 @@ class ClipPromptTrainer(TrainerX):
         self.model_zero_grad()
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
+        self.sync_gradients()  # torchrun: average (scaled) gradients over ranks before the step
         for name in self.get_model_names():
             if self._optims[name] is not None:
                 self.scaler.step(self._optims[name])
