@@ -100,3 +100,23 @@ def test_data_manager_batches(data_root):
     assert set(batch) >= {"img", "label", "domain", "impath", "index", "true_label"}
     assert len(dm.train_loader_x) == 20 // 8  # drop_last on the train loader
     assert sum(len(b["label"]) for b in dm.test_loader) == 120  # never drops on test
+
+
+def test_domain_samplers_draw_balanced_batches(items):
+    """RandomDomainSampler/SeqDomainSampler: every batch holds batch/n_domain unused items per domain."""
+    from dassl.data.samplers import RandomDomainSampler, SeqDomainSampler
+
+    data = [Datum(impath=items[0].impath, label=i % 2, domain=i % 3) for i in range(30)]  # 10 per domain
+    random.seed(0)
+    seq = list(SeqDomainSampler(data, batch_size=6))
+    # 10 items per domain, 2 per domain per batch: 5 batches, after which every domain is empty.
+    assert len(seq) == len(set(seq)) == 30
+    for start in range(0, len(seq), 6):
+        assert sorted(data[i].domain for i in seq[start:start + 6]) == [0, 0, 1, 1, 2, 2]
+    rnd = list(RandomDomainSampler(data, batch_size=4, n_domain=2))
+    assert len(rnd) == len(set(rnd))
+    for start in range(0, len(rnd), 4):
+        doms = [data[i].domain for i in rnd[start:start + 4]]
+        assert doms[0] == doms[1] and doms[2] == doms[3] and doms[0] != doms[2]
+    with pytest.raises(ValueError, match="not divisible"):
+        SeqDomainSampler(data, batch_size=5)

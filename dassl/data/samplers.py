@@ -11,38 +11,53 @@ from torch.utils.data.sampler import RandomSampler, Sampler, SequentialSampler  
 AVAI_SAMPLERS = ["RandomSampler", "SequentialSampler", "RandomDomainSampler", "SeqDomainSampler", "RandomClassSampler"]
 
 
+def _group_by_domain(data_source):
+    domain_dict = defaultdict(list)
+    for i, item in enumerate(data_source):
+        domain_dict[item.domain].append(i)
+    return domain_dict
+
+
+def _domain_batches(domain_dict, pick_domains, n_img_per_domain: int):
+    """Indices of batches built by drawing ``n_img_per_domain`` unused items from each picked domain,
+    until a picked domain has fewer than that many left (Dassl's stopping rule)."""
+    domain_dict = copy.deepcopy(domain_dict)
+    final_idxs = []
+    stop_sampling = False
+    while not stop_sampling:
+        for domain in pick_domains():
+            selected = random.sample(domain_dict[domain], n_img_per_domain)
+            final_idxs.extend(selected)
+            for idx in selected:
+                domain_dict[domain].remove(idx)
+            if len(domain_dict[domain]) < n_img_per_domain:
+                stop_sampling = True
+    return final_idxs
+
+
+def _per_domain(batch_size: int, n_domain: int) -> int:
+    if batch_size % n_domain != 0:
+        raise ValueError(f"batch size {batch_size} is not divisible by the number of domains {n_domain}")
+    return batch_size // n_domain
+
+
 class RandomDomainSampler(Sampler):
     """Each batch holds ``batch_size // n_domain`` items from each of ``n_domain`` random domains."""
 
     def __init__(self, data_source, batch_size: int, n_domain: int):
         self.data_source = data_source
-        self.domain_dict = defaultdict(list)
-        for i, item in enumerate(data_source):
-            self.domain_dict[item.domain].append(i)
+        self.domain_dict = _group_by_domain(data_source)
         self.domains = list(self.domain_dict.keys())
         if n_domain is None or n_domain <= 0:
             n_domain = len(self.domains)
-        if batch_size % n_domain != 0:
-            raise ValueError(f"batch size {batch_size} is not divisible by the number of domains {n_domain}")
-        self.n_img_per_domain = batch_size // n_domain
+        self.n_img_per_domain = _per_domain(batch_size, n_domain)
         self.batch_size = batch_size
         self.n_domain = n_domain
         self.length = len(list(self.__iter__()))
 
     def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in random.sample(self.domains, self.n_domain):
-                idxs = domain_dict[domain]
-                selected = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    domain_dict[domain].remove(idx)
-                if len(domain_dict[domain]) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
+        pick = lambda: random.sample(self.domains, self.n_domain)  # noqa: E731
+        return iter(_domain_batches(self.domain_dict, pick, self.n_img_per_domain))
 
     def __len__(self):
         return self.length
@@ -53,30 +68,13 @@ class SeqDomainSampler(Sampler):
 
     def __init__(self, data_source, batch_size: int):
         self.data_source = data_source
-        self.domain_dict = defaultdict(list)
-        for i, item in enumerate(data_source):
-            self.domain_dict[item.domain].append(i)
+        self.domain_dict = _group_by_domain(data_source)
         self.domains = sorted(self.domain_dict.keys())
-        n_domain = len(self.domains)
-        if batch_size % n_domain != 0:
-            raise ValueError(f"batch size {batch_size} is not divisible by the number of domains {n_domain}")
-        self.n_img_per_domain = batch_size // n_domain
+        self.n_img_per_domain = _per_domain(batch_size, len(self.domains))
         self.length = len(list(self.__iter__()))
 
     def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in self.domains:
-                idxs = domain_dict[domain]
-                selected = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    domain_dict[domain].remove(idx)
-                if len(domain_dict[domain]) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
+        return iter(_domain_batches(self.domain_dict, lambda: self.domains, self.n_img_per_domain))
 
     def __len__(self):
         return self.length
