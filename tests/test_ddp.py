@@ -59,3 +59,14 @@ def test_torchrun_two_processes_equals_single_process(data_root, tmp_path):
     log = (ddp / "log.txt").read_text()
     assert re.search(r"\* total: 120\n", log)
     assert last_accuracy(str(ddp / "log.txt")) == last_accuracy(str(single / "log.txt"))
+
+
+def test_unverified_trainer_refuses_torchrun(data_root, tmp_path, monkeypatch, capsys):
+    """A trainer that has not declared SUPPORTS_DISTRIBUTED fails with one line instead of training wrongly."""
+    from dassl.engine import trainer as trainer_module
+    from engine_helpers import toy_args
+
+    monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
+    assert run_train(toy_args(data_root, str(tmp_path / "out"))) == 1
+    err = capsys.readouterr().err
+    assert "Vanilla has not been verified under torchrun" in err

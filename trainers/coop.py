@@ -55,6 +55,8 @@ class CoOp(ClipPromptTrainer):
     "Learning to Prompt for Vision-Language Models", https://arxiv.org/abs/2109.01134
     """
 
+    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_ddp.py for CoOp; same step and test path)
+
     LEARNABLE = ("prompt_learner",)
     EVAL_FROM_IMAGE_FEATURES = True  # only the text side is learned: test features are encoded once and cached
 

@@ -102,6 +102,11 @@ class SimpleNet(nn.Module):
 class TrainerBase:
     """Models, optimizers and schedulers by name; the generic epoch loop and its hooks."""
 
+    # True once a trainer has been checked under torchrun (sharded batches, averaged gradients,
+    # gathered evaluation). Trainers with their own loaders or passes over the training set (e.g. a
+    # per-sample loss pass) must verify those before setting it.
+    SUPPORTS_DISTRIBUTED = False
+
     def __init__(self):
         self._models = OrderedDict()
         self._optims = OrderedDict()
@@ -304,6 +309,9 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(self, cfg):
         super().__init__()
+        if get_world_size() > 1 and not type(self).SUPPORTS_DISTRIBUTED:
+            raise ValueError(f"{type(self).__name__} has not been verified under torchrun; run it in a single "
+                             "process (supported: trainers with SUPPORTS_DISTRIBUTED = True, e.g. CoOp, CoCoOp)")
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             self.device = torch.device("cuda", torch.cuda.current_device()) if is_distributed() else torch.device("cuda")
