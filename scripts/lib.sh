@@ -40,3 +40,15 @@ last_epoch() {
 require_file() {
     if [ ! -f "$1" ]; then echo "error: $2 not found: $1" >&2; exit 1; fi
 }
+
+# train_py DATASET SEED DIR [ARG ...]: train.py on configs/datasets/DATASET.yaml and
+# configs/trainers/$TRAINER/$CFG.yaml into DIR; further flags and KEY VALUE pairs follow.
+train_py() {
+    local dataset=$1 seed=$2 dir=$3
+    shift 3
+    "$PYTHON" train.py \
+        --root "$DATA" --seed "$seed" --trainer "$TRAINER" \
+        --dataset-config-file "configs/datasets/${dataset}.yaml" \
+        --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+        --output-dir "$dir" "$@"
+}

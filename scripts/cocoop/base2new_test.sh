@@ -21,9 +21,5 @@ DIR="${OUTPUT}/base2new/test_${SUB}/${COMMON_DIR}"
 run_exists "$DIR" && exit 0
 if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/cocoop/base2new_train.sh first" >&2; exit 1; fi
 LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
-"$PYTHON" train.py \
-    --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-    --output-dir "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only \
+train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only \
     DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$SUB" "$@"

@@ -17,9 +17,4 @@ require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
 
 DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
 run_exists "$DIR" && exit 0
-"$PYTHON" train.py \
-    --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-    --output-dir "$DIR" \
-    DATASET.NUM_SHOTS "$SHOTS" "$@"
+train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" "$@"

@@ -22,10 +22,6 @@ for SEED in ${SEEDS:-1 2 3}; do
     run_exists "$DIR" && continue
     EPOCH="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
     if [ -z "$EPOCH" ]; then echo "error: no checkpoint in $MODEL_DIR; train it with scripts/coop/main.sh first" >&2; exit 1; fi
-    "$PYTHON" train.py \
-        --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
-        --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-        --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-        --output-dir "$DIR" --model-dir "$MODEL_DIR" --load-epoch "$EPOCH" --eval-only \
+    train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" --load-epoch "$EPOCH" --eval-only \
         TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" "$@"
 done

@@ -16,11 +16,7 @@ require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
 for SEED in ${SEEDS:-1 2 3}; do
     DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}"
     run_exists "$DIR" && continue
-    "$PYTHON" train.py \
-        --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
-        --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-        --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-        --output-dir "$DIR" \
+    train_py "$DATASET" "$SEED" "$DIR" \
         TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" \
         DATASET.NUM_SHOTS "$SHOTS" "$@"
 done
