@@ -18,7 +18,7 @@ SMALL = dict(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=12
 def build_models(config, device):
     import open_clip
 
-    from clip.model import CLIP
+    from vlprompt.clip.model import CLIP
 
     torch.manual_seed(0)
     ours = CLIP(**config).float().eval()
@@ -46,8 +46,8 @@ def main() -> None:
         diff = max_abs_diff(oracle.encode_image(images), ours.encode_image(images))
     report.add(f"encode_image batch {n_img} (open_clip vs ours)", ref_t, our_t, diff)
 
-    from clip import tokenize
-    from trainers.common.text_encoder import TextEncoder
+    from vlprompt.clip import tokenize
+    from vlprompt.trainers.common.text_encoder import TextEncoder
 
     n_cls = 10 if args.small else 100
     prompts = [" ".join(["X"] * 16) + f" class number {i}." for i in range(n_cls)]

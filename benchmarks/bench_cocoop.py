@@ -24,9 +24,9 @@ SMALL = dict(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=12
 
 
 def build(config, n_cls: int, device: str):
-    from clip.model import CLIP
-    from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-    from trainers.common.text_encoder import TextEncoder
+    from vlprompt.clip.model import CLIP
+    from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+    from vlprompt.trainers.common.text_encoder import TextEncoder
 
     torch.manual_seed(0)
     clip_model = CLIP(**config).float().eval()

@@ -27,10 +27,10 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import clip  # noqa: E402
-from trainers.common.discrete_prompt import (default_oracle, select_tokens,  # noqa: E402
+from vlprompt import clip  # noqa: E402
+from vlprompt.trainers.common.discrete_prompt import (default_oracle, select_tokens,  # noqa: E402
                                              straight_through_embedding)
 
 REFERENCE_MAX_ITERS = 1000  # the reference has no cap; this only keeps a livelocked draw from hanging the run

@@ -30,7 +30,7 @@ VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_wid
 
 def save_full_clip(folder: str) -> str:
     """A ViT-B/16-sized random CLIP state dict (OpenAI layout) written to ``folder``; returns its path."""
-    from clip.model import CLIP
+    from vlprompt.clip.model import CLIP
 
     torch.manual_seed(0)
     path = osp.join(folder, "random-vit-b16.pt")

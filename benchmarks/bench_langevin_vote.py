@@ -28,10 +28,10 @@ ARCHS = {
 
 def build(arch: str, n_cls: int, n_ctx: int, k: int, device: str):
     """Random CLIP + CSC prompt learner (PromptCLIP) and k prompt samples around its context."""
-    from clip.model import CLIP
-    from trainers.common.prompt_clip import PromptCLIP
-    from trainers.common.prompt_learner import PromptLearnerBase
-    from trainers.common.text_encoder import TextEncoder
+    from vlprompt.clip.model import CLIP
+    from vlprompt.trainers.common.prompt_clip import PromptCLIP
+    from vlprompt.trainers.common.prompt_learner import PromptLearnerBase
+    from vlprompt.trainers.common.text_encoder import TextEncoder
 
     torch.manual_seed(0)
     clip_model = CLIP(**ARCHS[arch]).float().eval()
@@ -57,7 +57,7 @@ def reference_vote(model, states: List[Dict[str, torch.Tensor]], images: torch.T
 
 def our_vote(model, states: List[Dict[str, torch.Tensor]], images: torch.Tensor, batch: int):
     """Image features once, one text pass per sample (LangevinCoOp.test_ensemble)."""
-    from trainers.common.sgld import VoteAccumulator
+    from vlprompt.trainers.common.sgld import VoteAccumulator
 
     features = torch.cat([model.encode_image(images[i:i + batch]) for i in range(0, len(images), batch)])
     votes = VoteAccumulator(len(images), model.prompt_learner.n_cls, images.device)

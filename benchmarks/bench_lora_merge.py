@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import clip  # noqa: E402
-from clip.lora import LoRALinear, apply_lora, lora_specs  # noqa: E402
-from clip.model import CLIP  # noqa: E402
-from clip.tiny import TINY_CONFIGS  # noqa: E402
+from vlprompt import clip  # noqa: E402
+from vlprompt.clip.lora import LoRALinear, apply_lora, lora_specs  # noqa: E402
+from vlprompt.clip.model import CLIP  # noqa: E402
+from vlprompt.clip.tiny import TINY_CONFIGS  # noqa: E402
 
 ARCHS = {
     "vit-b16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,

@@ -19,7 +19,7 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+    sys.path.append(REPO_ROOT)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -85,7 +85,7 @@ def _to_model_input(image: Image.Image, input_size: int) -> Tensor:
 
 def render_pool(images_per_class: int, render_size: int, input_size: int, stream: str) -> tuple[Tensor, Tensor]:
     """Images ``(48 * n, 3, R, R)`` and labels ``(48 * n,)`` of every synthetic class, from RNG ``stream``."""
-    from datasets.synthetic import MAX_CLASSES, class_spec, render_image  # the dataset's own renderer
+    from vlprompt.datasets.synthetic import MAX_CLASSES, class_spec, render_image  # the dataset's own renderer
 
     images, labels = [], []
     for label in range(MAX_CLASSES):
@@ -98,7 +98,7 @@ def render_pool(images_per_class: int, render_size: int, input_size: int, stream
 
 
 def synthetic_class_names() -> list[str]:
-    from datasets.synthetic import MAX_CLASSES, class_names
+    from vlprompt.datasets.synthetic import MAX_CLASSES, class_names
 
     return class_names(MAX_CLASSES)
 

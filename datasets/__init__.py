@@ -33,3 +33,6 @@ from . import (  # noqa: E402,F401
 # the seed notebook's Flowers102, CIFAR-LT (LangevinCoOp) and COCO-LT / VOC-LT (LMPT)
 from . import cifar_lt, coco_lt, flowers102, voc_lt  # noqa: E402,F401
 from . import synthetic_multilabel  # noqa: E402,F401
+
+# Dataset-level post-processing registered with the engine: DATASET.NUM_FP label noise (MLPT's protocol)
+from . import label_noise  # noqa: E402,F401

@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m datasets.download oxford_pets --root $DATA            # print the plan, fetch nothing
-    python -m datasets.download oxford_pets --root $DATA --download # fetch it
+    python -m vlprompt.datasets.download oxford_pets --root $DATA            # print the plan, fetch nothing
+    python -m vlprompt.datasets.download oxford_pets --root $DATA --download # fetch it
     scripts/download_data.sh oxford_pets $DATA                      # the same, with --download
 
 Nothing here runs during training: the readers never download. Sources are the public ones

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 from dassl.config import register_cfg_defaults
-from dassl.data.datasets import Datum, DatasetBase
+from dassl.data.datasets import Datum, DatasetBase, register_dataset_postprocess
 
 from .splits import load_datum_pickle, save_datum_pickle
 
@@ -169,6 +169,7 @@ def _cache_dir(dataset: DatasetBase) -> Optional[str]:
     return folder if folder and osp.isabs(folder) and osp.isdir(folder) else None
 
 
+@register_dataset_postprocess
 def apply_label_noise(dataset: DatasetBase, cfg) -> DatasetBase:
     """Give ``dataset.train_x`` ``DATASET.NUM_FP`` noisy labels per class (in place; returns ``dataset``).
 

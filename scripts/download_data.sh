@@ -3,7 +3,7 @@
 # Usage: scripts/download_data.sh <dataset> [DATA_ROOT]
 #   <dataset>  a class name (OxfordPets) or a configs/datasets stem (oxford_pets)
 #   DATA_ROOT  defaults to $DATA, else ./data
-# Run `python -m datasets.download <dataset> --root DIR` (no --download) to see the plan first.
+# Run `python -m vlprompt.datasets.download <dataset> --root DIR` (no --download) to see the plan first.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -15,4 +15,4 @@ ROOT="${2:-${DATA:-./data}}"
 PYTHON="${PYTHON:-python}"
 ROOT="$(mkdir -p "$ROOT" && cd "$ROOT" && pwd)"
 cd "$REPO"
-exec "$PYTHON" -m datasets.download "$1" --root "$ROOT" --download
+exec "$PYTHON" -m vlprompt.datasets.download "$1" --root "$ROOT" --download

@@ -44,7 +44,7 @@ import yaml
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+    sys.path.append(REPO_ROOT)
 
 logger = logging.getLogger("grid")
 
@@ -157,7 +157,7 @@ def is_finished(output_dir: str) -> bool:
     """True when a log of the run (``log.txt`` or a resumed ``log.txt-<time>``) has a final result."""
     if not osp.isdir(output_dir):
         return False
-    import parse_test_res
+    from vlprompt import parse_test_res
 
     return any(_log_finished(path) for path in parse_test_res.run_logs(output_dir))
 
@@ -177,8 +177,8 @@ class TrainJob:
         if self.cuda_device is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_device
         os.environ.setdefault("VLPROMPT_SKIP_ENV_INFO", "1")
-        sys.path.insert(0, REPO_ROOT)
-        import train
+        sys.path.append(REPO_ROOT)
+        from vlprompt import train
 
         code = train.cli(self.argv)
         if code != 0:
@@ -294,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     failed = []
     if todo:
         failed = (run_slurm if grid.get("executor") == "slurm" else run_local)(todo, grid, log_folder)
-    import parse_test_res
+    from vlprompt import parse_test_res
 
     roots = sorted({osp.join(output_root, d) for d in grid["datasets"] if osp.isdir(osp.join(output_root, d))})
     for root in roots:

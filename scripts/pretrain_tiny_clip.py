@@ -14,10 +14,10 @@ import os.path as osp
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repository root
+sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repository root
 
-from clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict  # noqa: E402
-from trainers.common.clip_loading import PRETRAINED_TINY, pretrained_tiny_path  # noqa: E402
+from vlprompt.clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict  # noqa: E402
+from vlprompt.trainers.common.clip_loading import PRETRAINED_TINY, pretrained_tiny_path  # noqa: E402
 
 logger = logging.getLogger("pretrain_tiny_clip")
 

@@ -19,7 +19,7 @@ SYNTHETIC_YAML = osp.join(REPO, "configs", "datasets", "synthetic.yaml")
 def build_cfg(trainer: str, config_file: str, output_dir: str, root: str, seed: int = 1,
               opts: Sequence[str] = (), backbone: str = ""):
     """The frozen config ``train.py`` would build for these flags (dataset: Synthetic)."""
-    from train import build_parser, setup_cfg
+    from vlprompt.train import build_parser, setup_cfg
 
     argv = ["--root", root, "--seed", str(seed), "--trainer", trainer, "--dataset-config-file", SYNTHETIC_YAML,
             "--config-file", osp.join(REPO, config_file), "--output-dir", output_dir]
@@ -54,8 +54,8 @@ def eval_only(cfg, model_dir: str = "", load_epoch: Optional[int] = None) -> tup
 @lru_cache(maxsize=None)
 def tiny_clip_fp32(arch: str = "vit"):
     """A seeded random tiny CLIP in fp32 (shared, do not modify)."""
-    from clip.model import build_model
-    from clip.tiny import tiny_state_dict
+    from vlprompt.clip.model import build_model
+    from vlprompt.clip.tiny import tiny_state_dict
 
     return build_model(tiny_state_dict(arch), fp16=False).float().eval()
 
@@ -63,8 +63,8 @@ def tiny_clip_fp32(arch: str = "vit"):
 @pytest.fixture(scope="session")
 def pretrained_tiny_dir(tmp_path_factory) -> str:
     """A folder holding ``tiny-vit-synthetic.pth`` pre-trained with the demo's recipe (about 3 s)."""
-    from clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict
-    from trainers.common.clip_loading import PRETRAINED_TINY
+    from vlprompt.clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict
+    from vlprompt.trainers.common.clip_loading import PRETRAINED_TINY
 
     folder = tmp_path_factory.mktemp("pretrained")
     state_dict, _ = pretrain_tiny_clip(PretrainConfig(arch="vit"))

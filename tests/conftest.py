@@ -1,4 +1,4 @@
-"""Shared test setup: the repo root on sys.path, quiet env dump, and a session data root."""
+"""Shared test setup: the repo root on sys.path (last), quiet env dump, and a session data root."""
 import atexit
 import os
 import shutil
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+# The repository root goes last on the path (as train.py does): `vlprompt` and `dassl` are found there,
+# while `import datasets` / `import clip` (HuggingFace, openai-clip, or inside transformers) never reach
+# our top-level folders.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT] + [REPO_ROOT]
 
 # The PyTorch environment report takes seconds per run; tests never read it.
 os.environ.setdefault("VLPROMPT_SKIP_ENV_INFO", "1")

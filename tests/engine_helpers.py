@@ -29,7 +29,7 @@ def toy_args(data_root: str, output_dir: str, seed: int = 1, extra: Optional[Lis
 
 
 def run_train(argv: List[str]) -> int:
-    import train
+    from vlprompt import train
 
     return train.cli(argv)
 

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from datasets.synthetic import class_names, class_spec, render_image
+from vlprompt.datasets.synthetic import class_names, class_spec, render_image
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO_ROOT, "configs", "trainers", "LangevinCoOp")
@@ -74,14 +74,14 @@ def train_args(root: str, output_dir: str, phase: int, seed: int = 1, init_from:
 
 
 def run_train(argv: List[str]) -> int:
-    import train
+    from vlprompt import train
 
     return train.cli(argv)
 
 
 def build_trainer_in_process(argv: List[str]):
     """The trainer ``train.py argv`` would build (config merged and frozen, seed set), without running it."""
-    import train
+    from vlprompt import train
     from dassl.engine import build_trainer
     from dassl.utils import set_random_seed
 

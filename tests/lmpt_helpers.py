@@ -5,7 +5,7 @@ import os
 import os.path as osp
 
 from dataset_fixtures import write_image
-from datasets.lt_multilabel import SHARED_LMPT_DIR, read_multilabel_list
+from vlprompt.datasets.lt_multilabel import SHARED_LMPT_DIR, read_multilabel_list
 
 SUBDIRS = {"COCOLT": "coco", "VOCLT": "voc"}  # list folder and file prefix per dataset
 

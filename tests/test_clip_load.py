@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import clip
-from clip import clip as clip_module
-from clip.model import CLIP, build_model
-from clip.tiny import tiny_state_dict
+from vlprompt import clip
+from vlprompt.clip import clip as clip_module
+from vlprompt.clip.model import CLIP, build_model
+from vlprompt.clip.tiny import tiny_state_dict
 
 # torch.jit.trace/load are deprecated upstream, yet they are how the official archives are made and read.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")
@@ -180,7 +180,7 @@ def test_corrupt_cached_file_is_downloaded_again(tmp_path, monkeypatch, caplog):
     _register(monkeypatch, data)
     requested = _serve(monkeypatch, data)
     (tmp_path / "Fake-1.pt").write_bytes(b"stale")
-    with caplog.at_level(logging.WARNING, logger="clip.clip"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.clip.clip"):
         path = clip_module._download(clip_module._MODELS["Fake/1"], str(tmp_path))
     assert open(path, "rb").read() == data and len(requested) == 1
     assert "downloading it again" in caplog.text
@@ -202,7 +202,7 @@ def test_available_models_and_unknown_name():
 @pytest.mark.parametrize("name, size", [("tiny-vit", 32), ("tiny-rn", 64)])
 def test_tiny_models_load_offline(name, size, caplog):
     """Tiny models: fp32 on CPU, ln(100) logit scale, preprocess to their resolution; jit=True warns."""
-    with caplog.at_level(logging.WARNING, logger="clip.clip"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.clip.clip"):
         model, preprocess = clip.load(name, device="cpu", jit=True)
     assert "clip.load(jit=True) is not supported" in caplog.text
     assert model.dtype == torch.float32 and model.visual.input_resolution == size

@@ -16,7 +16,7 @@ import torch
 
 from clip_prompt_fixtures import build, build_cfg, eval_only, train_and_test
 from dassl.utils.logger import close_logger
-from trainers.clip_lora import CLIP_LoRA
+from vlprompt.trainers.clip_lora import CLIP_LoRA
 
 CONFIG = "configs/trainers/CLIP_LoRA/tiny_vit_qkv_r2_a1_iters10_batch8.yaml"
 ZS_CONFIG = "configs/trainers/ZeroshotCLIP/tiny_vit.yaml"

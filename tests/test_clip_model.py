@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-import clip
-from clip.model import CLIP, MultiheadAttention, VisionTransformer, build_model, infer_config
-from clip.tiny import TINY_CONFIGS, tiny_state_dict
+from vlprompt import clip
+from vlprompt.clip.model import CLIP, MultiheadAttention, VisionTransformer, build_model, infer_config
+from vlprompt.clip.tiny import TINY_CONFIGS, tiny_state_dict
 
 PROMPTS = ["a photo of a cat.", "a diagram", "an origami dog, folded from red paper!", "x"]
 

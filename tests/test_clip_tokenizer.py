@@ -10,9 +10,9 @@ import open_clip
 import pytest
 import torch
 
-import clip
-from clip import clip as clip_module
-from clip.simple_tokenizer import SimpleTokenizer, bytes_to_unicode
+from vlprompt import clip
+from vlprompt.clip import clip as clip_module
+from vlprompt.clip.simple_tokenizer import SimpleTokenizer, bytes_to_unicode
 
 CORPUS = [
     "a photo of a cat",

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from clip_prompt_fixtures import build, build_cfg, data_root, single_thread, tiny_clip_fp32  # noqa: F401
-from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-from trainers.common.text_encoder import TextEncoder
+from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+from vlprompt.trainers.common.text_encoder import TextEncoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSNAMES = ["red circle", "dog", "a_very_long_name", "x", "green square"]

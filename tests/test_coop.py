@@ -12,8 +12,8 @@ import torch
 
 from clip_prompt_fixtures import build, build_cfg, data_root, eval_only, single_thread  # noqa: F401
 from dassl.utils import load_checkpoint
-from train import ConfigError
-from trainers.common.prompt_trainer import CheckpointMismatchError
+from vlprompt.train import ConfigError
+from vlprompt.trainers.common.prompt_trainer import CheckpointMismatchError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY_COOP = "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml"

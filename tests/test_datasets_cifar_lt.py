@@ -14,9 +14,9 @@ from PIL import Image
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.utils import set_random_seed
 from dataset_fixtures import CIFAR10_NAMES, write_cifar10, write_cifar100
-from datasets.cifar_lt import class_groups, load_cifar_pickle, long_tail_counts, long_tail_indices
-from datasets.splits import DatasetNotFoundError
-from trainers.config import get_cfg
+from vlprompt.datasets.cifar_lt import class_groups, load_cifar_pickle, long_tail_counts, long_tail_indices
+from vlprompt.datasets.splits import DatasetNotFoundError
+from vlprompt.trainers.config import get_cfg
 
 RATIOS = (0.005, 0.01, 0.02, 0.1)
 

@@ -18,8 +18,8 @@ import pytest
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.utils import set_random_seed
 from dataset_fixtures import COOP_BUILDERS, FLOWERS102_NAMES, make_dtd, make_eurosat, make_imagenet, make_oxford_pets
-from datasets.splits import fewshot_cache_path
-from trainers.config import get_cfg
+from vlprompt.datasets.splits import fewshot_cache_path
+from vlprompt.trainers.config import get_cfg
 
 EVAL_ONLY = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 TRAINABLE = [n for n in COOP_BUILDERS if n not in EVAL_ONLY]

@@ -10,8 +10,8 @@ import tarfile
 import pytest
 
 from dataset_fixtures import ALL_DATASETS
-from datasets import download
-from trainers.config import get_cfg
+from vlprompt.datasets import download
+from vlprompt.trainers.config import get_cfg
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "datasets")
 
@@ -37,7 +37,7 @@ def test_dry_run_fetches_nothing(tmp_path, monkeypatch, caplog):
         raise AssertionError("a dry run must not download")
 
     monkeypatch.setattr(download, "run_step", _fail)
-    caplog.set_level("INFO", logger="datasets.download")
+    caplog.set_level("INFO", logger="vlprompt.datasets.download")
     assert download.main(["oxford_pets", "dtd", "--root", str(tmp_path)]) == 0
     assert "split_zhou_OxfordPets.json" in caplog.text and "dtd-r1.0.1.tar.gz" in caplog.text
     assert os.listdir(tmp_path) == []

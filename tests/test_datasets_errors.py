@@ -11,8 +11,8 @@ import pytest
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.utils import UnreadableImageError, read_image, set_random_seed
 from dataset_fixtures import ALL_DATASETS, make_eurosat, make_fgvc_aircraft, make_oxford_pets
-from datasets.splits import DatasetNotFoundError
-from trainers.config import get_cfg
+from vlprompt.datasets.splits import DatasetNotFoundError
+from vlprompt.trainers.config import get_cfg
 
 
 

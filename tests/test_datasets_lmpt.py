@@ -14,17 +14,17 @@ import pytest
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.utils import set_random_seed
 from dataset_fixtures import write_image
-from datasets.coco_lt import COCO_CLASSNAMES
-from datasets.lt_multilabel import (
+from vlprompt.datasets.coco_lt import COCO_CLASSNAMES
+from vlprompt.datasets.lt_multilabel import (
     SHARED_LMPT_DIR,
     class_frequencies,
     head_medium_tail,
     read_captions,
     read_multilabel_list,
 )
-from datasets.splits import DatasetNotFoundError
-from datasets.voc_lt import VOC_CLASSNAMES
-from trainers.config import get_cfg
+from vlprompt.datasets.splits import DatasetNotFoundError
+from vlprompt.datasets.voc_lt import VOC_CLASSNAMES
+from vlprompt.trainers.config import get_cfg
 
 COCO_FREQ = [1128, 37, 276, 32, 9, 41, 18, 87, 20, 50, 11, 13, 8, 97, 19, 49, 70, 17, 7, 10, 8, 6, 7, 7, 100, 39,
              189, 31, 24, 11, 12, 8, 35, 10, 25, 21, 17, 10, 20, 460, 84, 498, 126, 207, 173, 366, 39, 35, 44, 36,

@@ -47,7 +47,7 @@ def test_torchrun_two_processes_equals_single_process(data_root, tmp_path):
     b = torch.load(ddp / "prompt_learner" / "model.pth.tar-2", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), (key, (a[key] - b[key]).abs().max().item())
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=1e-5), (key, (a[key] - b[key]).abs().max().item())
     init = torch.load(single / "prompt_learner" / "model.pth.tar-2", weights_only=True)
     assert init["epoch"] == 2
 

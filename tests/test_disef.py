@@ -16,9 +16,9 @@ import torch
 from clip_prompt_fixtures import build, build_cfg, train_and_test
 from dassl.data.datasets import build_dataset
 from dassl.utils.logger import close_logger
-from trainers.common.disef_generation import GenerationConfig, TemplateCaptioner, low_f1_classes, read_manifest, \
+from vlprompt.trainers.common.disef_generation import GenerationConfig, TemplateCaptioner, low_f1_classes, read_manifest, \
     run_generation
-from trainers.disef import disef_loss
+from vlprompt.trainers.disef import disef_loss
 
 CONFIG = "configs/trainers/DISEF/tiny_vit_qv_r8-4_a8_lam0.8_ep10_batch8.yaml"
 BASE = ["DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base"]

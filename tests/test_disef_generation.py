@@ -18,7 +18,7 @@ import torch
 
 from disef_helpers import CLASSNAMES, ConstantFilter, CountingUNet, ScriptedFilter, SolidGenerator, files_on_disk, \
     tiny_models, write_real_images
-from trainers.common.disef_generation import CaptionCache, GenerationConfig, Img2ImgGenerator, LlavaCaptioner, \
+from vlprompt.trainers.common.disef_generation import CaptionCache, GenerationConfig, Img2ImgGenerator, LlavaCaptioner, \
     Manifest, TemplateCaptioner, ZeroShotFilter, kept_images, prepare_init_image, read_manifest, run_generation
 
 SMALL = dict(images_per_class=2, batch_size=2, init_size=32, seed=3, caption_max_new_tokens=6)
@@ -218,7 +218,7 @@ def test_prepare_init_image_pads_to_square():
 
 def test_zero_shot_filter_is_clip_argmax():
     """ZeroShotFilter.predict = argmax of cosine(image, template(class)) computed here with the tiny CLIP."""
-    import clip
+    from vlprompt import clip
 
     model, preprocess = clip.load("tiny-vit", device="cpu")
     from PIL import Image

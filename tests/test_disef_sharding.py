@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from disef_helpers import CLASSNAMES, ConstantFilter, SolidGenerator, files_on_disk, tiny_models, write_real_images
-from trainers.common.disef_generation import GenerationConfig, Img2ImgGenerator, LlavaCaptioner, Manifest, Shard, \
+from vlprompt.trainers.common.disef_generation import GenerationConfig, Img2ImgGenerator, LlavaCaptioner, Manifest, Shard, \
     ShardMergeError, TemplateCaptioner, finish_shard, kept_images, main, merge_shard_manifests, read_manifest, \
     resolve_shard, run_generation, shard_device, shard_from_env
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from dpt_helpers import REPO_ROOT
-from trainers.config import get_cfg
+from vlprompt.trainers.config import get_cfg
 
 # shared/specs/dpt.md §3.2: dataset config name -> (momentum, init std, n_ctx, epochs)
 BEST = {

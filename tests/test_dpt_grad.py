@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import clip
-from trainers.common.discrete_prompt import DiscretePrompt, straight_through_embedding
+from vlprompt import clip
+from vlprompt.trainers.common.discrete_prompt import DiscretePrompt, straight_through_embedding
 
 V = clip.get_tokenizer().vocab_size
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clip
+from vlprompt import clip
 from dpt_helpers import dpt_args
 from engine_helpers import run_train
-from trainers.common.discrete_prompt import DiscretePrompt
-from trainers.common.prompt_clip import l2_normalize
-from trainers.common.text_encoder import TextEncoder
-from trainers.dpt import DPTCLIP, DPTPromptLearner
+from vlprompt.trainers.common.discrete_prompt import DiscretePrompt
+from vlprompt.trainers.common.prompt_clip import l2_normalize
+from vlprompt.trainers.common.text_encoder import TextEncoder
+from vlprompt.trainers.dpt import DPTCLIP, DPTPromptLearner
 
 CLASSNAMES = ["red circle", "green square", "blue_triangle"]
 V = clip.get_tokenizer().vocab_size
@@ -159,7 +159,7 @@ def test_config_errors_are_one_line(data_root, tmp_path, capsys, opts, message):
 def test_fp16_recipe_keeps_scores_fp32(tiny_clip):
     """Under PREC fp16 (OpenAI's half recipe + CoOp's learnable cast) the scores stay fp32 and get an fp32
     gradient while proj is half (FP32_SCORES, spec §4.5); the visual prompt follows the activation dtype (§5.8)."""
-    from trainers.common.clip_loading import cast_clip, cast_learnable
+    from vlprompt.trainers.common.clip_loading import cast_clip, cast_learnable
 
     half_clip = cast_clip(copy.deepcopy(tiny_clip), "fp16")
     torch.manual_seed(0)

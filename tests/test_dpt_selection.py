@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import clip
-from trainers.common.discrete_prompt import (RoundTripOracle, default_oracle, select_tokens, stable_order,
+from vlprompt import clip
+from vlprompt.trainers.common.discrete_prompt import (RoundTripOracle, default_oracle, select_tokens, stable_order,
                                              stable_topk)
 
 TOK = clip.get_tokenizer()

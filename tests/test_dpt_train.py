@@ -18,8 +18,8 @@ import subprocess
 
 import pytest
 
-import parse_test_res
-import train
+from vlprompt import parse_test_res
+from vlprompt import train
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
 from dassl.utils.logger import close_logger

@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-import train
-from trainers.config import get_cfg
+from vlprompt import train
+from vlprompt.trainers.config import get_cfg
 
 COMMON = """
 DATALOADER:

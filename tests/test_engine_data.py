@@ -7,8 +7,8 @@ import torch
 
 from dassl.data import DataManager
 from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
-from datasets.splits import subsample_classes
-from trainers.config import get_cfg
+from vlprompt.datasets.splits import subsample_classes
+from vlprompt.trainers.config import get_cfg
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-import parse_test_res
+from vlprompt import parse_test_res
 from dassl.engine import trainer as trainer_module
 from engine_helpers import PROGRESS_LINE, REPO_ROOT, last_accuracy, run_train, toy_args
 

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.nn as nn
 
-from trainers.common.feature_cache import FeatureCache, items_digest, module_digest
+from vlprompt.trainers.common.feature_cache import FeatureCache, items_digest, module_digest
 
 
 def _encoder(seed: int) -> nn.Module:

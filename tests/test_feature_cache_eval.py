@@ -91,7 +91,7 @@ def test_changed_encoder_weights_miss_the_cache(name, data_root, tmp_path, singl
 
 def test_methods_with_learned_image_features_do_not_opt_in():
     """DPT (shared visual prompt) and the LoRA trainers (vision LoRA) keep Dassl's image loop."""
-    import trainers  # noqa: F401  (registers every method)
+    from vlprompt import trainers  # noqa: F401  (registers every method)
     from dassl.engine import TRAINER_REGISTRY
 
     opted = {name for name in TRAINER_REGISTRY.registered_names()

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from clip_prompt_fixtures import single_thread, tiny_clip_fp32  # noqa: F401
-from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-from trainers.common.clip_loading import cast_clip, cast_learnable
-from trainers.common.prompt_clip import PromptCLIP
-from trainers.common.prompt_learner import PromptLearnerBase
-from trainers.common.text_encoder import TextEncoder
+from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+from vlprompt.trainers.common.clip_loading import cast_clip, cast_learnable
+from vlprompt.trainers.common.prompt_clip import PromptCLIP
+from vlprompt.trainers.common.prompt_learner import PromptLearnerBase
+from vlprompt.trainers.common.text_encoder import TextEncoder
 
 CLASSNAMES = ["circle", "red square", "big_blue triangle"]
 TINY_STEP = 1e-6  # lr * grad of the SGD step: below half of fp16's spacing (>= 3.8e-6) for |ctx| >= 2^-8

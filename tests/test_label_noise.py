@@ -14,12 +14,12 @@ from collections import Counter
 import pytest
 
 from dassl.data.datasets import Datum, DatasetBase
-from datasets import label_noise
-from datasets.label_noise import NOISE_RNG_SALT, apply_label_noise, noise_cache_path, per_class_noise
+from vlprompt.datasets import label_noise
+from vlprompt.datasets.label_noise import NOISE_RNG_SALT, apply_label_noise, noise_cache_path, per_class_noise
 
 
 def _cfg(num_fp: int, seed: int = 1, literal: bool = False, shots: int = 16, name: str = "Fake"):
-    from trainers.config import get_cfg
+    from vlprompt.trainers.config import get_cfg
 
     cfg = get_cfg()
     cfg.DATASET.NAME = name
@@ -55,7 +55,7 @@ def test_exactly_num_fp_wrong_labels_per_class(num_classes, num_fp):
 
 def test_small_class_gets_all_its_samples_flipped_and_warns(caplog):
     labels = [0] * 16 + [1] * 16 + [2] * 3
-    with caplog.at_level(logging.WARNING, logger="datasets.label_noise"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.datasets.label_noise"):
         noisy = per_class_noise(labels, 4, random.Random(0))
     wrong = Counter(t for t, n in zip(labels, noisy) if t != n)
     assert wrong == {0: 4, 1: 4, 2: 3}
@@ -132,7 +132,7 @@ def test_cache_is_written_next_to_the_fewshot_split_and_reused(tmp_path, monkeyp
     second = apply_label_noise(_fake_dataset(folder), _cfg(3))
     assert [i.label for i in second.train_x] == [i.label for i in first.train_x]
     monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="datasets.label_noise"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.datasets.label_noise"):
         other = apply_label_noise(_fake_dataset(folder, tag="other"), _cfg(3))  # another few-shot draw
     assert "does not match" in caplog.text
     assert sum(i.is_noisy for i in other.train_x) == 3 * 6

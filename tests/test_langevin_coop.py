@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from langevin_helpers import build_trainer_in_process, run_train, train_args, write_shape_cifar10
-from trainers.common.sgld import SampleBank
-from trainers.langevin_coop import LangevinCoOp
+from vlprompt.trainers.common.sgld import SampleBank
+from vlprompt.trainers.langevin_coop import LangevinCoOp
 
 N_TEST = 40  # 4 classes x 10 test images
 PHASE1_EPOCHS, PHASE2_EPOCHS, START, K = 6, 12, 4, 3  # from the tiny configs

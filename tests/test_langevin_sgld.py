@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dassl.utils import set_random_seed
-from trainers.common.sgld import NOISE_MODES, SGLD
+from vlprompt.trainers.common.sgld import NOISE_MODES, SGLD
 
 
 def _quadratic_grad(param: torch.Tensor, target: torch.Tensor) -> None:

@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from trainers.common.sgld import SampleBank, VoteAccumulator, hard_vote, soft_vote
-from trainers.config import get_cfg
-from trainers.langevin_coop import group_accuracies, log_prior, lr_at_epoch, reference_transforms
+from vlprompt.trainers.common.sgld import SampleBank, VoteAccumulator, hard_vote, soft_vote
+from vlprompt.trainers.config import get_cfg
+from vlprompt.trainers.langevin_coop import group_accuracies, log_prior, lr_at_epoch, reference_transforms
 
 REFERENCE_PHASE1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs", "trainers", "LangevinCoOp", "rn50_ctx15_csc_nonoise_ep200_batch512.yaml")

@@ -11,16 +11,16 @@ import os.path as osp
 import pytest
 import torch
 
-import clip
-import parse_test_res
+from vlprompt import clip
+from vlprompt import parse_test_res
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
 from engine_helpers import REPO_ROOT, run_train
 from lmpt_helpers import link_lmpt_images
-from trainers.common import prompt_trainer
-from trainers.common.multilabel_losses import ClassSpecificEmbeddingLoss, asymmetric_loss, bce_loss, focal_loss
-from trainers.config import get_cfg
-from trainers.zsclip_multilabel import lmpt_concat_text
+from vlprompt.trainers.common import prompt_trainer
+from vlprompt.trainers.common.multilabel_losses import ClassSpecificEmbeddingLoss, asymmetric_loss, bce_loss, focal_loss
+from vlprompt.trainers.config import get_cfg
+from vlprompt.trainers.zsclip_multilabel import lmpt_concat_text
 
 TINY_CFG = osp.join(REPO_ROOT, "configs/trainers/LMPT/tiny_vit_ep10.yaml")
 SYNTHETIC_ML = osp.join(REPO_ROOT, "configs/datasets/synthetic_multilabel.yaml")

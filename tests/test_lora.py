@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-import clip
-from clip.lora import LoRAError, LoRALinear, LoRAMultiheadAttention, apply_lora, block_indices, load_lora, \
+from vlprompt import clip
+from vlprompt.clip.lora import LoRAError, LoRALinear, LoRAMultiheadAttention, apply_lora, block_indices, load_lora, \
     load_lora_into, lora_specs, mark_only_lora_as_trainable, save_lora
-from clip.model import CLIP, build_model
-from clip.tiny import tiny_state_dict
+from vlprompt.clip.model import CLIP, build_model
+from vlprompt.clip.tiny import tiny_state_dict
 
 
 def tiny_clip(seed: int = 0) -> CLIP:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from trainers.mlpt import (
+from vlprompt.trainers.mlpt import (
     BRANCHES,
     clean_probability,
     co_guessed_targets,
@@ -163,7 +163,7 @@ def _batch(trainer, n=8):
 
 
 def test_test_logits_are_the_sum_of_two_coop_branches(small_trainer):
-    from trainers.common.prompt_clip import PromptCLIP
+    from vlprompt.trainers.common.prompt_clip import PromptCLIP
 
     model = small_trainer.model
     image = _batch(small_trainer)["img"]
@@ -231,7 +231,7 @@ def test_empty_splits_are_guarded(small_trainer, caplog):
     trainer.epoch = 1
     n = len(trainer.pool)
     before = trainer.model.prompt_learner1.ctx.detach().clone()
-    with caplog.at_level(logging.WARNING, logger="trainers.mlpt"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.trainers.mlpt"):
         trainer.train_on_division(BRANCHES[0], BRANCHES[1], np.zeros(n))  # nothing clean: warm-up epoch
     assert "predicts no clean sample" in caplog.text
     assert not torch.equal(before, trainer.model.prompt_learner1.ctx.detach())

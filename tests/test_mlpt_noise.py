@@ -29,8 +29,8 @@ DIVIDE_LINE = re.compile(r"co-divide \[(prompt_learner\d)\]: (\d+)/160 predicted
 
 def _pretrain_tiny_clip(folder: str) -> None:
     """``tiny-vit-synthetic.pth`` in ``folder``: the project's recipe with ``PRETRAIN_STEPS`` steps."""
-    from clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict
-    from trainers.common.clip_loading import PRETRAINED_TINY
+    from vlprompt.clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict
+    from vlprompt.trainers.common.clip_loading import PRETRAINED_TINY
 
     state_dict, _ = pretrain_tiny_clip(PretrainConfig(arch="vit", steps=PRETRAIN_STEPS))
     save_state_dict(state_dict, osp.join(folder, PRETRAINED_TINY["tiny-vit-synthetic"][0]))
@@ -39,7 +39,7 @@ def _pretrain_tiny_clip(folder: str) -> None:
 @pytest.fixture(scope="module")
 def noisy_runs(data_root, tmp_path_factory):
     """Test accuracy and log of CoOp and MLPT trained on the same 50%-noisy 16-shot synthetic set."""
-    from trainers.common.clip_loading import PRETRAINED_DIR_ENV
+    from vlprompt.trainers.common.clip_loading import PRETRAINED_DIR_ENV
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

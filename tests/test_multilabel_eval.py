@@ -12,14 +12,14 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-import parse_test_res
+from vlprompt import parse_test_res
 from dassl.data import DataManager
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.evaluation import build_evaluator
 from dassl.evaluation.multilabel import average_precision, threshold_metrics
-from datasets.synthetic_multilabel import caption_for
+from vlprompt.datasets.synthetic_multilabel import caption_for
 from lmpt_helpers import link_lmpt_images
-from trainers.config import get_cfg
+from vlprompt.trainers.config import get_cfg
 
 # shared/specs/lmpt.md §1.5, typed from the spec (not computed by the code under test)
 SPEC_GROUPS = {

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.common.multilabel_losses import (
+from vlprompt.trainers.common.multilabel_losses import (
     ClassSpecificEmbeddingLoss,
     DistributionBalancedLoss,
     asymmetric_loss,

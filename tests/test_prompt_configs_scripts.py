@@ -32,7 +32,7 @@ def _configs(trainer: str) -> list[str]:
 
 def test_every_registered_dataset_has_a_config():
     """Each DATASET_REGISTRY name is set by some configs/datasets/*.yaml; CoOp's 15 file stems exist."""
-    import datasets  # noqa: F401  (registers every dataset)
+    from vlprompt import datasets  # noqa: F401  (registers every dataset)
 
     names = {yaml.safe_load(open(path))["DATASET"]["NAME"]
              for path in glob.glob(osp.join(REPO, "configs", "datasets", "*.yaml"))}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import clip
+from vlprompt import clip
 from clip_prompt_fixtures import single_thread, tiny_clip_fp32  # noqa: F401
-from trainers.common.prompt_clip import PromptCLIP
-from trainers.common.prompt_learner import PromptLearnerBase, layout_index
-from trainers.common.text_encoder import TextEncoder
+from vlprompt.trainers.common.prompt_clip import PromptCLIP
+from vlprompt.trainers.common.prompt_learner import PromptLearnerBase, layout_index
+from vlprompt.trainers.common.text_encoder import TextEncoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 # Names of 2, 1, 4 and 1 BPE tokens ("_" reads as a space), so the layouts move tokens by different amounts.

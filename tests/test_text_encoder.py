@@ -12,10 +12,10 @@ from typing import Iterator
 import pytest
 import torch
 
-import clip
-from clip.model import build_model
-from clip.tiny import tiny_state_dict
-from trainers.common.text_encoder import TextEncoder
+from vlprompt import clip
+from vlprompt.clip.model import build_model
+from vlprompt.clip.tiny import tiny_state_dict
+from vlprompt.trainers.common.text_encoder import TextEncoder
 
 # EOT positions 5, 2, 9 and 6 (SOT + BPE tokens): the batch maximum is 9, so the crop keeps 10 tokens.
 PROMPTS = ["a photo of cat", "x", "a photo of a large red origami dog", "an image of a bird"]

@@ -10,7 +10,7 @@ def get_cfg():
     Importing ``trainers`` and ``datasets`` registers all methods, datasets and their
     ``add_cfg_defaults`` hooks; the returned node is not frozen.
     """
-    import datasets  # noqa: F401  (registers datasets and their config keys)
-    import trainers  # noqa: F401  (registers trainers and their config keys)
+    from vlprompt import datasets  # noqa: F401  (registers datasets and their config keys)
+    from vlprompt import trainers  # noqa: F401  (registers trainers and their config keys)
 
     return extend_cfg(get_cfg_default())

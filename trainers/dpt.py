@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-import clip
-from clip.model import VisionTransformer
+from vlprompt import clip
+from vlprompt.clip.model import VisionTransformer
 from dassl.config import register_cfg_defaults
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import is_main_process

@@ -57,7 +57,7 @@ from dassl.data import DataManager
 from dassl.data.transforms import INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import is_distributed, load_checkpoint
-from datasets.cifar_lt import CIFAR_SIDE
+from vlprompt.datasets.cifar_lt import CIFAR_SIDE
 
 from .common.prompt_clip import PromptCLIP
 from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase

@@ -44,8 +44,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 from yacs.config import CfgNode as CN
 
-import clip
-from clip.clip import CONTEXT_LENGTH
+from vlprompt import clip
+from vlprompt.clip.clip import CONTEXT_LENGTH
 from dassl.config import register_cfg_defaults
 from dassl.data import DataManager
 from dassl.data.data_manager import build_data_loader

@@ -60,7 +60,7 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.engine.trainer import _EpochLogger
 from dassl.metrics import compute_accuracy
 from dassl.utils import get_world_size
-from datasets import label_noise  # noqa: F401  (registers DATASET.NUM_FP / NOISE_LITERAL)
+from vlprompt.datasets import label_noise  # noqa: F401  (registers DATASET.NUM_FP / NOISE_LITERAL)
 
 from .common.prompt_clip import cosine_logits, l2_normalize
 from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase

@@ -11,7 +11,7 @@ from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
 from dassl.utils import get_rank, get_world_size, read_image
 
-from .datasets import build_dataset
+from .datasets import build_dataset, postprocess_dataset
 from .samplers import ContiguousShardSampler, ShardedBatchSampler, build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
@@ -70,9 +70,7 @@ class DataManager:
     """Builds the dataset and its train_x / train_u / val / test loaders from ``cfg``."""
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
-        dataset = build_dataset(cfg)
-        from datasets.label_noise import apply_label_noise  # vlprompt: DATASET.NUM_FP label noise (mlpt.md §9.1)
-        dataset = apply_label_noise(dataset, cfg)
+        dataset = postprocess_dataset(build_dataset(cfg), cfg)  # registered steps, e.g. label noise
         multilabel = bool(dataset.train_x) and dataset.train_x[0].is_multilabel
         n_cls = dataset.num_classes if multilabel else None
 

@@ -23,9 +23,9 @@ manifest.jsonl, the same bytes as a single-process run. See the end of --help.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from trainers.common.disef_generation import main  # noqa: E402
+from vlprompt.trainers.common.disef_generation import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,12 +20,12 @@ import yaml
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+    sys.path.append(REPO_ROOT)
 
-from parse_test_res import read_run_config  # noqa: E402
-from trainers.common.discrete_prompt import SELECT_MODES, default_oracle, select_tokens  # noqa: E402
-from trainers.config import get_cfg  # noqa: E402
-from trainers.dpt import TEMPLATES, prompt_record, template_parts  # noqa: E402
+from vlprompt.parse_test_res import read_run_config  # noqa: E402
+from vlprompt.trainers.common.discrete_prompt import SELECT_MODES, default_oracle, select_tokens  # noqa: E402
+from vlprompt.trainers.config import get_cfg  # noqa: E402
+from vlprompt.trainers.dpt import TEMPLATES, prompt_record, template_parts  # noqa: E402
 
 logger = logging.getLogger("interpret")
 SCORES_KEY = "emb_toggler.scores"

@@ -25,10 +25,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-import clip
-from clip.clip import _MODELS, _TINY_MODELS
-from clip.model import CLIP, convert_weights
-from clip.tiny import TINY_CONFIGS
+from vlprompt import clip
+from vlprompt.clip.clip import _MODELS, _TINY_MODELS
+from vlprompt.clip.model import CLIP, convert_weights
+from vlprompt.clip.tiny import TINY_CONFIGS
 
 logger = logging.getLogger(__name__)
 

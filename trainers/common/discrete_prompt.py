@@ -38,8 +38,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-import clip
-from clip.simple_tokenizer import END_OF_WORD, SimpleTokenizer
+from vlprompt import clip
+from vlprompt.clip.simple_tokenizer import END_OF_WORD, SimpleTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 da Costa et al., "Diversified in-domain synthesis with efficient fine-tuning for few-shot classification",
 arXiv:2312.03046; reference vturrisi/disef@501ec4b ``generation/synthetic_augmentation_pipeline.py``.
 Spec: ``shared/specs/clip_lora_disef.md`` §2.1-§2.3, §3.3-§3.4, §4.1-§4.4.  Command line:
-``scripts/disef/generate.py`` (= ``python -m trainers.common.disef_generation``).
+``scripts/disef/generate.py`` (= ``python -m vlprompt.trainers.common.disef_generation``).
 
 Per class, one *cycle* generates ``batch_size`` images until ``images_per_class`` are kept:
 1. ``batch_size`` real shots of the class are drawn with replacement (init images);
@@ -391,8 +391,8 @@ def load_clip_filter(backbone: str, classnames: Sequence[str], template: str, de
         model.eval()
         return ZeroShotFilter(model.encode_image, lambda texts: model.encode_text(tokenizer(texts).to(device)),
                               preprocess, classnames, template, device)
-    import clip
-    from clip.lora import load_lora_into
+    from vlprompt import clip
+    from vlprompt.clip.lora import load_lora_into
 
     from .clip_loading import resolve_backbone
 
@@ -1085,7 +1085,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dataset(args):
     from dassl.data.datasets import build_dataset
-    from trainers.config import get_cfg
+    from vlprompt.trainers.config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(args.dataset_config_file)

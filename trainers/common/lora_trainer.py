@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-import clip
-from clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, save_lora
+from vlprompt import clip
+from vlprompt.clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, save_lora
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from .prompt_clip import l2_normalize

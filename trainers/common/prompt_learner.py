@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-import clip
+from vlprompt import clip
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import clip
+from vlprompt import clip
 
 from .prompt_clip import l2_normalize
 from .text_encoder import TextEncoder
