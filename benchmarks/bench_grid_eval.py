@@ -40,7 +40,7 @@ def save_full_clip(folder: str) -> str:
 
 def build_trainers(args, work: str, backbone: str, resolution: int) -> list:
     """One trainer per seed (same data, own prompt init), evaluating the 20 x 50 synthetic test split."""
-    from clip_prompt_fixtures import build, build_cfg  # tests/ helpers: train.py's config path, seeding
+    from helpers import build, build_cfg
 
     config, prec_key = CONFIGS[args.trainer]
     opts = ["DATASET.SYNTHETIC.NUM_CLASSES", "20", "DATASET.SYNTHETIC.NUM_TEST", "50", "DATASET.NUM_SHOTS", "4",

@@ -1,13 +1,18 @@
 """Loading, preprocessing and tokenisation for OpenAI CLIP (Radford et al. 2021, arXiv:2103.00020).
 
 API-compatible with openai/CLIP's ``clip.clip`` (``load``, ``tokenize``, ``available_models``, ``_MODELS``,
-``_download``, ``_tokenizer``, ``_transform``, ``BICUBIC``), written from ``shared/specs/clip_model.md`` §2-§3.
-Robustness fixes over the reference (none changes results for the official files, spec §2.2):
+``_download``, ``_tokenizer``, ``_transform``, ``BICUBIC``).
+Robustness fixes over the reference (none changes results for the official files):
 - plain state-dict files load (the reference reuses an exhausted file object and hits EOFError);
 - ``{"state_dict": ...}`` wrappers and ``module.`` prefixes are accepted;
 - downloads go to ``<file>.part`` and are renamed only after the SHA256 matches;
 - ``jit=True`` is not supported (TorchScript graph patching breaks on recent torch): it warns and loads the
   eager model instead.
+Safety: opening a TorchScript archive runs code stored in it, so ``torch.jit.load`` is only called on a file
+whose SHA256 is one of OpenAI's released checkpoints (a named model, verified after download and on every cache
+hit, or a local copy of one), or on a local archive the caller trusts explicitly (``trust_local_archive=True``).
+Any other local archive is refused with one line before it is opened as TorchScript (it is recognised by its
+zip entry names).  Plain state dicts load with ``torch.load(weights_only=True)``.
 Extras: ``load("tiny-vit")``/``load("tiny-rn")`` build seeded random tiny models (``clip/tiny.py``) offline.
 """
 
@@ -18,6 +23,7 @@ import logging
 import os
 import urllib.request
 import warnings
+import zipfile
 from functools import lru_cache
 from typing import Iterable, Optional, Union
 
@@ -27,6 +33,9 @@ from torch import Tensor
 from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
 from tqdm import tqdm
 
+from dassl.utils.safe_pickle import torch_load_weights
+
+from .backbones import BACKBONES, known_checkpoint_hashes, openai_models, tiny_models
 from .model import ARCHIVE_EXTRA_KEYS, CLIP, build_model
 from .simple_tokenizer import SimpleTokenizer
 from .tiny import tiny_state_dict
@@ -41,28 +50,19 @@ except ImportError:  # torchvision < 0.9
 __all__ = ["available_models", "load", "tokenize", "decode", "encode", "get_tokenizer", "build_model"]
 logger = logging.getLogger(__name__)
 
-_URL_ROOT = "https://openaipublic.azureedge.net/clip/models"
-# name -> (full SHA256 of the file, file name); the URL is <root>/<sha256>/<file> (spec §2.1).
-_CHECKPOINTS: dict[str, tuple[str, str]] = {
-    "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt"),
-    "RN101": ("8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt"),
-    "RN50x4": ("7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt"),
-    "RN50x16": ("52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt"),
-    "RN50x64": ("be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt"),
-    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),
-    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
-    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
-    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
-}
-_MODELS: dict[str, str] = {name: f"{_URL_ROOT}/{sha}/{file}" for name, (sha, file) in _CHECKPOINTS.items()}
-# Offline tiny models: load name -> clip.tiny architecture key.
-_TINY_MODELS: dict[str, str] = {"tiny-vit": "vit", "tiny-rn": "rn"}
+# OpenAI's API names, derived from the one backbone table (clip/backbones.py): name -> URL / tiny architecture.
+_MODELS: dict[str, str] = {name: BACKBONES[name].url for name in openai_models()}
+_TINY_MODELS: dict[str, str] = {name: BACKBONES[name].tiny_arch for name in tiny_models()}
 _DEFAULT_ROOT = os.path.expanduser("~/.cache/clip")
 _CHUNK_BYTES = 1 << 20
-# Image statistics CLIP was trained with (spec §2.3).
+# Image statistics CLIP was trained with (openai/CLIP ``_transform``).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT_LENGTH = 77  # text context of every released CLIP
+
+
+class UntrustedArchiveError(ValueError):
+    """A local TorchScript archive is not a released OpenAI checkpoint and was not trusted explicitly."""
 
 
 def available_models() -> list[str]:
@@ -99,7 +99,9 @@ def _download(url: str, root: str = _DEFAULT_ROOT) -> str:
         digest = hashlib.sha256()
         with urllib.request.urlopen(url) as source, open(partial, "wb") as out:
             total = int(source.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc=filename) as bar:
+            # disable=None: a bar only in a terminal, never carriage-return frames in a log file
+            with tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc=filename,
+                      disable=None) as bar:
                 for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
                     out.write(chunk)
                     digest.update(chunk)
@@ -128,17 +130,49 @@ def _unwrap_state_dict(obj: object, path: str) -> dict[str, Tensor]:
     return obj
 
 
-def _load_state_dict(path: str) -> dict[str, Tensor]:
-    """State dict of an OpenAI TorchScript archive or of a plain ``torch.save`` file, on the CPU."""
-    try:
+def is_torchscript_archive(path: str) -> bool:
+    """Whether ``path`` is a TorchScript zip archive, judged from its entry names only (nothing is executed).
+
+    TorchScript archives hold ``<root>/code/...`` (the serialised program) and ``<root>/constants.pkl``; a
+    ``torch.save`` zip has neither.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.split("/")[1:2] == ["code"] or name.split("/")[1:] == ["constants.pkl"] for name in names)
+
+
+def _require_known_archive(path: str) -> None:
+    """Refuse a TorchScript archive unless it is bit-identical to a released OpenAI checkpoint."""
+    digest = _sha256(path)
+    known = known_checkpoint_hashes()
+    if digest in known:
+        logger.info("%s is OpenAI's %s checkpoint (SHA256 verified)", path, known[digest])
+        return
+    raise UntrustedArchiveError(
+        f"{path}: a TorchScript archive whose SHA256 {digest} is not one of OpenAI's released CLIP checkpoints; "
+        f"opening it would run code stored in the file. Use it only if you trust it: pass "
+        f"trust_local_archive=True (config MODEL.BACKBONE.TRUST_LOCAL_ARCHIVE True), or save its state dict "
+        f"with torch.save and load that file instead")
+
+
+def _load_state_dict(path: str, trusted: bool) -> dict[str, Tensor]:
+    """State dict of an OpenAI TorchScript archive or of a plain ``torch.save`` file, on the CPU.
+
+    ``trusted``: the file's SHA256 was already verified against the backbone table (a downloaded model), or
+    the caller trusts it explicitly; otherwise a TorchScript archive must be a released OpenAI checkpoint.
+    """
+    if is_torchscript_archive(path):
+        if not trusted:
+            _require_known_archive(path)
         with warnings.catch_warnings():  # the official files are TorchScript; its deprecation is not actionable
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
             archive = torch.jit.load(path, map_location="cpu")
-    except RuntimeError:  # not TorchScript: a plain state dict (reopened by path, unlike the reference)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    else:
         # A traced vlprompt model also stores the causal-mask buffers (tracing drops "non-persistent").
         obj = {k: v for k, v in archive.state_dict().items() if not k.endswith(".attn_mask")}
+    else:  # a plain state dict: tensors and containers only (reopened by path, unlike the reference)
+        obj = torch_load_weights(path, map_location="cpu")
     state_dict = _unwrap_state_dict(obj, path)
     return {k: v for k, v in state_dict.items() if k not in ARCHIVE_EXTRA_KEYS}
 
@@ -163,6 +197,7 @@ def load(
     device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
     jit: bool = False,
     download_root: Optional[str] = None,
+    trust_local_archive: bool = False,
 ) -> tuple[CLIP, Compose]:
     """Load a CLIP model and its eval preprocessing.
 
@@ -174,19 +209,25 @@ def load(
             reference fp16 recipe.
         jit: unsupported; ``True`` logs a warning and loads the eager model.
         download_root: cache directory for downloads, default ``~/.cache/clip``.
+        trust_local_archive: open a local TorchScript archive (``name`` is a path) even when its SHA256 is not
+            one of OpenAI's released checkpoints.  Opening TorchScript runs code stored in the file, so the
+            default refuses such files; plain state dicts never need it.
 
     Returns:
         ``(model, preprocess)``: the model in eval mode and a PIL -> tensor transform.
+
+    Raises:
+        UntrustedArchiveError: ``name`` is an unknown local TorchScript archive and ``trust_local_archive`` is off.
     """
     if jit:
-        logger.warning("clip.load(jit=True) is not supported (TorchScript patching breaks on recent torch, "
-                       "shared/specs/clip_model.md §2.2); loading the eager model instead")
+        logger.warning("clip.load(jit=True) is not supported (TorchScript patching breaks on recent torch); "
+                       "loading the eager model instead")
     if name in _TINY_MODELS:
         state_dict = tiny_state_dict(_TINY_MODELS[name])
-    elif name in _MODELS:
-        state_dict = _load_state_dict(_download(_MODELS[name], download_root or _DEFAULT_ROOT))
+    elif name in _MODELS:  # _download verifies the SHA256, also of a file already in the cache
+        state_dict = _load_state_dict(_download(_MODELS[name], download_root or _DEFAULT_ROOT), trusted=True)
     elif os.path.isfile(name):
-        state_dict = _load_state_dict(name)
+        state_dict = _load_state_dict(name, trusted=trust_local_archive)
     else:
         raise RuntimeError(f"Model {name} not found; available models = {available_models()}, "
                            f"tiny models = {list(_TINY_MODELS)}, or pass a path to a .pt/.pth file")

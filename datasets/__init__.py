@@ -11,7 +11,7 @@ def add_cfg_defaults(cfg) -> None:
 
 from . import synthetic  # noqa: E402,F401
 
-# CoOp's 11 datasets and the 4 ImageNet variants (../shared/specs/coop_family.md §7)
+# CoOp's 11 datasets and the 4 ImageNet variants (KaiyangZhou/CoOp ``datasets/``)
 from . import (  # noqa: E402,F401
     caltech101,
     dtd,

@@ -3,7 +3,7 @@
 
 CoOp drops ``BACKGROUND_Google`` and ``Faces_easy`` (100 classes left) and renames four
 folders; a plain string sort puts the upper-case names first, so labels 0..4 are face, leopard,
-motorbike, accordion, airplane (../shared/specs/coop_family.md §7.2).
+motorbike, accordion, airplane (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Long-tailed CIFAR-10/100 (CIFAR-10-LT, CIFAR-100-LT): Cao et al., "Learning Imbalanced Datasets
 with Label-Distribution-Aware Margin Loss" (NeurIPS 2019, arXiv:1906.07413), on Krizhevsky's CIFAR
-(https://www.cs.toronto.edu/~kriz/cifar.html). Construction as in the LangevinCoOp reference
-(../shared/specs/langevin_coop.md §7):
+(https://www.cs.toronto.edu/~kriz/cifar.html). Construction as in the LangevinCoOp reference:
 
 - the official "python version" pickles are read directly (bytes or str keys; no MD5 check, no
-  download), from ``<root>/<dataset_dir>/<base_folder>``, ``<root>/<dataset_dir>`` or
-  ``<root>/<base_folder>`` (torchvision's layout);
+  download) from ``<root>/<dataset_dir>/<base_folder>``, ``<root>/<dataset_dir>`` or
+  ``<root>/<base_folder>`` (torchvision's layout), with the restricted unpickler of
+  ``dassl.utils.safe_pickle`` (dicts, lists, bytes and NumPy arrays only: a batch that names anything
+  else is refused before it can run code);
 - class c keeps ``n_c = int(n_max * ratio ** (c / (C - 1)))`` training images, n_max = N / C,
   ratio = ``DATASET.IMB_RATIO``; which ones: per class in order 0..C-1, the class's indices in file
   order are shuffled by one ``numpy.random.RandomState(DATASET.IMB_SEED)`` and the first n_c kept;
@@ -13,14 +14,14 @@ with Label-Distribution-Aware Margin Loss" (NeurIPS 2019, arXiv:1906.07413), on 
 - ``groups``: many (≥ 100 training images) / medium / few (≤ 20), ``cls_num_list``: n_c.
 
 ``Datum`` needs a file path, so the images used are written once as lossless PNGs under
-``<root>/<dataset_dir>/png/{train,test}/<index>.png`` (index = position in the official file order).
+``<root>/<dataset_dir>/png/{train,test}/<index>.png`` (index = position in the official file order), a
+folder no other codebase reads; the official batches are never modified.
 """
 from __future__ import annotations
 
 import logging
 import os
 import os.path as osp
-import pickle
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -29,13 +30,14 @@ from PIL import Image
 from dassl.config import register_cfg_defaults
 from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
 from dassl.utils import mkdir_if_missing
+from dassl.utils.safe_pickle import UnreadablePickleError, load_pickle
 
 from .splits import DATASETS_DOC, DatasetNotFoundError, dataset_root, subsample_classes
 
 logger = logging.getLogger(__name__)
 
 IMB_RATIOS = (0.005, 0.01, 0.02, 0.1)  # the reference's ratios (imbalance factor 200/100/50/10)
-MANY_SHOT_MIN = 100  # a class with ≥ 100 training images is "many" (langevin_coop.md §5.3)
+MANY_SHOT_MIN = 100  # a class with ≥ 100 training images is "many" (the LangevinCoOp reference's groups)
 FEW_SHOT_MAX = 20  # a class with ≤ 20 training images is "few"; the rest are "medium"
 CIFAR_SIDE = 32  # images are 3×32×32, stored row-major per channel (R plane, G plane, B plane)
 
@@ -53,9 +55,14 @@ def add_cfg_defaults(cfg) -> None:
 
 
 def load_cifar_pickle(path: str) -> Dict[str, object]:
-    """Read one CIFAR python pickle; keys and byte-string values are returned as ``str``."""
-    with open(path, "rb") as f:
-        raw = pickle.load(f, encoding="bytes")
+    """Read one CIFAR python pickle; keys and byte-string values are returned as ``str``.
+
+    The batches are Python 2 pickles: ``encoding="bytes"`` keeps their strings as bytes, decoded here.
+    """
+    raw = load_pickle(path, encoding="bytes")
+    if not isinstance(raw, dict):
+        raise UnreadablePickleError(f"{path}: expected a CIFAR python batch (a dict), found {type(raw).__name__}; "
+                                    f"download the python version again")
 
     def _str(x):
         return x.decode("latin1") if isinstance(x, bytes) else x

@@ -1,7 +1,7 @@
 """COCO-LT: the long-tailed multi-label split of MS-COCO 2017 from the Distribution-Balanced loss
 paper (Wu et al., ECCV 2020), as used by LMPT (Xia et al., arXiv:2305.04536). 80 classes;
 1,909 train images from ``train2017/``, all 5,000 ``val2017/`` images as test; head/medium/tail
-22/33/25 classes (../shared/specs/lmpt.md §1).
+22/33/25 classes.
 """
 from dassl.data.datasets import DATASET_REGISTRY
 

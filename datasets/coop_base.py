@@ -1,4 +1,4 @@
-"""The constructor flow shared by CoOp's ten split-JSON datasets (../shared/specs/coop_family.md §7.1).
+"""The constructor flow shared by CoOp's ten split-JSON datasets (KaiyangZhou/CoOp).
 
 Zhou et al., "Learning to Prompt for Vision-Language Models" (IJCV 2022, arXiv:2109.01134);
 reference: KaiyangZhou/CoOp ``datasets/oxford_pets.py`` (the flow is written there and reused by

@@ -7,7 +7,7 @@ Usage (from the repository root)::
     scripts/download_data.sh oxford_pets $DATA                      # the same, with --download
 
 Nothing here runs during training: the readers never download. Sources are the public ones
-named in CoOp's DATASETS.md (../shared/specs/coop_family.md §7.3): official archive URLs,
+named in CoOp's DATASETS.md (KaiyangZhou/CoOp): official archive URLs,
 torchvision's downloaders (CIFAR, Flowers102, EuroSAT, Caltech101) and Google Drive (through gdown)
 for CoOp's ``split_zhou_*.json`` files. Datasets whose licence needs a sign-up (ImageNet) or whose
 official links are dead (Stanford Cars) get a ``manual`` step with instructions.

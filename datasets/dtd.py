@@ -2,7 +2,7 @@
 https://www.robots.ox.ac.uk/~vgg/data/dtd/.
 
 47 texture folders under ``images/``; without the split JSON each class is split 50/20/30
-(../shared/specs/coop_family.md §7.2).
+(as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 Land Cover Classification" (IEEE JSTARS 2019), https://github.com/phelber/EuroSAT (RGB version).
 
 10 class folders under ``2750/``, renamed to CoOp's descriptive names; without the split JSON
-each class is split 50/20/30 (../shared/specs/coop_family.md §7.2).
+each class is split 50/20/30 (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

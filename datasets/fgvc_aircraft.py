@@ -2,7 +2,7 @@
 https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/.
 
 100 variants; the official ``images_variant_{train,val,test}.txt`` lists are used as they are
-(no split JSON); label = line index in ``variants.txt`` (../shared/specs/coop_family.md §7.2).
+(no split JSON); label = line index in ``variants.txt`` (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

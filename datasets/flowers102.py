@@ -2,7 +2,7 @@
 Classification over a Large Number of Classes" (ICVGIP 2008),
 https://www.robots.ox.ac.uk/~vgg/data/flowers/102/.
 
-This is the seed notebook's protocol (../shared/specs/clip_lora_disef.md §3.1), next to CoOp's
+This is the seed notebook's protocol, next to CoOp's
 ``OxfordFlowers``: ``flowers-102/setid.mat`` (``trnid``/``valid``/``tstid``, 1-based image ids;
 1,020 / 1,020 / 6,149 images) picks the images, ``imagelabels.mat`` gives 1-based labels, and
 label ``l`` is torchvision's class ``Flowers102.classes[l]``. With

@@ -2,7 +2,7 @@
 (ECCV 2014), https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/.
 
 101 class folders under ``images/`` (names such as ``apple_pie``); without the split JSON each
-class is split 50/20/30 (../shared/specs/coop_family.md §7.2).
+class is split 50/20/30 (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """ImageNet: Deng et al., "ImageNet: A Large-Scale Hierarchical Image Database" (CVPR 2009),
-https://image-net.org/ — CoOp's reader (../shared/specs/coop_family.md §7.2).
+https://image-net.org/ — CoOp's reader (KaiyangZhou/CoOp ``datasets/imagenet.py``).
 
 ``images/train`` and ``images/val`` hold one folder per wnid; the val set is the test set.
 Labels are the sorted wnid order, class names come from ``classnames.txt`` (CLIP's names, one
-``<wnid> <name>`` per line). The scan is cached in ``preprocessed.pkl`` (``{"train", "test"}``).
+``<wnid> <name>`` per line). The scan is cached in ``preprocessed.pkl`` (``{"train", "test"}`` lists
+of ``Datum`` with absolute paths: CoOp's file and format, so CoOp reads ours and we read CoOp's).
 
-Deliberate change (coop_family.md §12 item 7): images inside a class folder are listed in sorted
-order, so the few-shot subsets are the same on every machine. CoOp used unsorted ``os.listdir``,
-whose order depends on the filesystem and cannot be reproduced; a ``preprocessed.pkl`` written by
-CoOp is read as it is, which gives exactly the order of the machine that wrote it.
+Deliberate change: images inside a class folder are listed in sorted order, so the few-shot subsets
+are the same on every machine. CoOp used unsorted ``os.listdir``, whose order depends on the
+filesystem and cannot be reproduced; a ``preprocessed.pkl`` written by CoOp is read as it is, which
+gives exactly the order of the machine that wrote it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
 from dassl.utils import listdir_nohidden
 
 from .splits import (
+    CacheFormatError,
     dataset_root,
     load_datum_pickle,
     load_or_create_fewshot,
@@ -72,6 +74,9 @@ class ImageNet(DatasetBase):
         if osp.exists(self.preprocessed):
             logger.info(f"Loading preprocessed ImageNet data from {self.preprocessed}")
             data = load_datum_pickle(self.preprocessed, self.dataset_dir)
+            if not data.get("train") or not data.get("test"):
+                raise CacheFormatError(f"{self.preprocessed}: expected 'train' and 'test' lists of Datum objects; "
+                                       f"delete the file so the image folders are scanned again")
             train, test = data["train"], data["test"]
         else:
             classnames = read_classnames(osp.join(self.dataset_dir, "classnames.txt"), "ImageNet")

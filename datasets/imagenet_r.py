@@ -2,7 +2,7 @@
 https://github.com/hendrycks/imagenet-r.
 
 200 wnid folders under ``imagenet-r/`` (30,000 test images); evaluated as a 200-way problem with
-labels 0..199 in sorted wnid order (../shared/specs/coop_family.md §12 item 9).
+labels 0..199 in sorted wnid order (as CoOp's reader).
 """
 from dassl.data.datasets import DATASET_REGISTRY
 

@@ -1,4 +1,4 @@
-"""Shared reader of the evaluation-only ImageNet variants (../shared/specs/coop_family.md §7.2)."""
+"""Shared reader of the evaluation-only ImageNet variants (as in KaiyangZhou/CoOp ``datasets/``)."""
 from __future__ import annotations
 
 import logging

@@ -2,7 +2,7 @@
 https://github.com/modestyachts/ImageNetV2 (matched-frequency, 10,000 test images).
 
 Folders are named ``0`` … ``999``: the folder number is the label and the class name is that
-line of ``classnames.txt`` (../shared/specs/coop_family.md §7.2).
+line of ``classnames.txt`` (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

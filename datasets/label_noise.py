@@ -5,26 +5,28 @@ dataset is built, so ``train_x`` (the few-shot training set, after base/new subs
 labels while every ``Datum`` keeps its clean label in ``true_label`` (the data loaders return both, so a
 method can report how many noisy samples it flagged).  ``val`` and ``test`` stay clean.
 
-Protocol (``shared/specs/mlpt.md`` §3.2, §9.1), from MLPT's noisy-label experiments ("Mutual Learning Between
-Two Prompt Tuning Mechanisms for Vision-Language Models", reference LZHMS/MLPT@8f9708e):
+Protocol, from MLPT's noisy-label experiments ("Mutual Learning Between Two Prompt Tuning Mechanisms for
+Vision-Language Models", reference LZHMS/MLPT@8f9708e, ``datasets/`` and its ``make_noise``):
 
 - Default, per class: for every class, exactly ``NUM_FP`` of its few-shot samples get a wrong label, and every
   label is given to exactly ``NUM_FP`` samples of other classes.  The chosen samples' labels are a random
   permutation of the multiset "each class ``NUM_FP`` times" with no sample keeping its own class, so both
   groupings hold: ``NUM_FP`` noisy samples per true class *and* per given label, and each label still has its
   ``NUM_SHOTS`` samples.  That is the baselines' protocol (F of the S shots of each label are images of other
-  classes, §3.2) realised inside the sampled few-shot set.
-- ``DATASET.NOISE_LITERAL True``: the reference MLPT ``make_noise`` (bug §9.1): only the first ``NUM_FP``
-  items of the class-grouped list get ``randint(0, C - 1)``, which may even be the true label, so roughly one
-  class is corrupted.  Use it only to reproduce the reference logs.  A pickle written by the reference at the
-  same path (``split_fewshot/shot_{S}-numfp_{F}-seed_{seed}.pkl``) is read as is in this mode; otherwise the
+  classes) realised inside the sampled few-shot set.
+- ``DATASET.NOISE_LITERAL True``: the reference MLPT ``make_noise`` (a reference bug): only the first
+  ``NUM_FP`` items of the class-grouped list get ``randint(0, C - 1)``, which may even be the true label, so
+  roughly one class is corrupted.  Use it only to reproduce the reference logs.  A pickle written by the
+  reference (``split_fewshot/shot_{S}-numfp_{F}-seed_{seed}.pkl``) is read as is in this mode; otherwise the
   draws come from the seeded RNG below, not from the global stream the reference used, and the few extra class-0
-  items its expand pool corrupted in a first run (§3.2) are not reproduced.
+  items its expand pool corrupted in a first run are not reproduced.
 
 Both are deterministic for a given ``SEED`` (their own ``random.Random``, independent of the global stream) and
-are cached next to the few-shot split: ``<dataset_dir>/split_fewshot/shot_{S}-numfp_{F}[-perclass]-seed_{seed}
-[-{subsample}].pkl`` holding ``{"train": [Datum]}``.  A cache that no longer matches the few-shot set (other
-images or order) is rebuilt with a warning.
+are cached next to the few-shot split: ``<dataset_dir>/split_fewshot/shot_{S}-numfp_{F}-{perclass|literal}-seed_
+{seed}[-{subsample}].pkl`` holding ``{"train": [Datum]}`` (absolute paths, as CoOp's caches).  These names are
+our own: the reference's file name is only ever read, never written, because our draws differ from the ones an
+MLPT run would make, and an MLPT run must not pick ours up silently.  A cache that no longer matches the few-shot
+set (other images or order) is rebuilt with a warning.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ NOISE_RNG_SALT = "label-noise"  # the noise RNG is random.Random(f"{salt}-{seed}
 def add_cfg_defaults(cfg) -> None:
     # Wrongly labelled samples per class among the few-shot training samples (MLPT's --num-fp; 0 = clean labels)
     cfg.DATASET.NUM_FP = 0
-    # True = the reference MLPT make_noise (shared/specs/mlpt.md §3.2, §9.1): only the first NUM_FP items of the
-    # class-grouped few-shot list get a random label in 0..C-1 (possibly the true one); only to reproduce its logs
+    # True = the reference MLPT make_noise (LZHMS/MLPT@8f9708e): only the first NUM_FP items of the class-grouped
+    # few-shot list get a random label in 0..C-1 (possibly the true one); only to reproduce its logs
     cfg.DATASET.NOISE_LITERAL = False
 
 
@@ -111,7 +113,7 @@ def _remove_fixed_points(true: Sequence[int], new: List[int], rng: random.Random
 
 
 def literal_noise(labels: Sequence[int], num_fp: int, rng) -> List[int]:
-    """The reference ``make_noise`` (spec §3.2): items ``0..num_fp-1`` get ``rng.randint(0, C - 1)``.
+    """The reference ``make_noise``: items ``0..num_fp-1`` get ``rng.randint(0, C - 1)``.
 
     ``C`` is ``max(labels) + 1``; ``rng`` is a ``random.Random`` (or the ``random`` module).  On a
     class-grouped list this corrupts about ``num_fp`` items of the first class in total, not per class.
@@ -128,13 +130,18 @@ def literal_noise(labels: Sequence[int], num_fp: int, rng) -> List[int]:
 
 def noise_cache_path(dataset_dir: str, num_shots: int, num_fp: int, seed: int, literal: bool,
                      subsample: str = "all") -> str:
-    """``split_fewshot/shot_{S}-numfp_{F}[-perclass]-seed_{seed}[-{subsample}].pkl`` under ``dataset_dir``.
+    """``split_fewshot/shot_{S}-numfp_{F}-{perclass|literal}-seed_{seed}[-{subsample}].pkl`` under ``dataset_dir``.
 
-    The literal mode uses the reference's own name, so its pickles can be dropped in.
+    A name no other codebase reads (see ``reference_noise_path`` for the reference's own file).
     """
-    mode = "" if literal else "-perclass"
+    mode = "literal" if literal else "perclass"
     tail = "" if subsample == "all" else f"-{subsample}"
-    return osp.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-numfp_{num_fp}{mode}-seed_{seed}{tail}.pkl")
+    return osp.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-numfp_{num_fp}-{mode}-seed_{seed}{tail}.pkl")
+
+
+def reference_noise_path(dataset_dir: str, num_shots: int, num_fp: int, seed: int) -> str:
+    """Where the reference MLPT caches its noisy few-shot set: read in literal mode, never written by us."""
+    return osp.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-numfp_{num_fp}-seed_{seed}.pkl")
 
 
 def with_labels(items: Sequence[Datum], noisy: Sequence[int], true: Sequence[int]) -> List[Datum]:
@@ -153,7 +160,7 @@ def _cached_labels(path: str, dataset_dir: str, train: Sequence[Datum]) -> Optio
     """Noisy labels from the cache at ``path`` if it holds exactly ``train``'s images in order, else ``None``."""
     if not osp.exists(path):
         return None
-    cached = load_datum_pickle(path, dataset_dir)["train"]
+    cached = load_datum_pickle(path, dataset_dir).get("train") or []
     same = len(cached) == len(train) and all(
         osp.normpath(a.impath) == osp.normpath(b.impath) for a, b in zip(cached, train))
     if not same:
@@ -188,10 +195,12 @@ def apply_label_noise(dataset: DatasetBase, cfg) -> DatasetBase:
     true = [int(item.true_label) for item in train]
     folder = _cache_dir(dataset)
     path = None
+    subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
     if folder is not None:
-        path = noise_cache_path(folder, cfg.DATASET.NUM_SHOTS, num_fp, cfg.SEED, literal,
-                                cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"))
+        path = noise_cache_path(folder, cfg.DATASET.NUM_SHOTS, num_fp, cfg.SEED, literal, subsample)
     noisy = _cached_labels(path, folder, train) if path else None
+    if noisy is None and path and literal and subsample == "all":  # the reference ran without base/new subsets
+        noisy = _cached_labels(reference_noise_path(folder, cfg.DATASET.NUM_SHOTS, num_fp, cfg.SEED), folder, train)
     generated = noisy is None
     if generated:
         rng = random.Random(f"{NOISE_RNG_SALT}-{cfg.SEED}")
@@ -201,7 +210,7 @@ def apply_label_noise(dataset: DatasetBase, cfg) -> DatasetBase:
         save_datum_pickle({"train": noisy_train}, path, folder)
         logger.info(f"Saved noisy labels to {path}")
     n_noisy = sum(n != t for n, t in zip(noisy, true))
-    mode = "literal (first NUM_FP items, spec mlpt.md §3.2)" if literal else "per class"
+    mode = "literal (first NUM_FP items, as the reference's make_noise)" if literal else "per class"
     logger.info(f"Label noise: DATASET.NUM_FP={num_fp}, {mode}: {n_noisy} of {len(train)} training labels are wrong")
     dataset._train_x = noisy_train
     return dataset

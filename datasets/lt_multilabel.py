@@ -2,16 +2,19 @@
 
 Wu et al., "Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed Datasets"
 (ECCV 2020, arXiv:2007.09654) built the splits; LMPT (Xia et al., arXiv:2305.04536,
-richard-peng-xia/LMPT) ships them as list files with captions. Format and counts:
-../shared/specs/lmpt.md §1; the files themselves: ../shared/data/lmpt/ (see its README).
+richard-peng-xia/LMPT) ships them as list files with captions. This repository carries unmodified
+copies of those files (LMPT@aab39ca ``data/``, Apache-2.0) in ``datasets/lists/lmpt/{coco,voc}/``, with a
+NOTICE, the licence and their SHA256SUMS; ``DATASET.LMPT_DATA_DIR ""`` reads them.
 
 - ``<name>_lt_{train,test}.txt``: ``<image path relative to the dataset folder> <i1> <i2> ...``
   with 0-based class indices (a test line may have none); a ``Datum``'s label is the sorted tuple
   of positive indices.
 - ``<name>_lt_captions.txt``: ``<same path> <caption>`` per training image; captions are matched by
   path and stored whole on the ``Datum`` (the trainer applies LMPT's 75-character cut).
-- ``class_freq`` / ``cls_num_list``: positives per class in the train list (equal to DBL's
-  ``class_freq.pkl``); ``groups``: head (n ≥ 100) / medium (20 ≤ n < 100) / tail (n < 20).
+- ``class_freq`` / ``cls_num_list``: positives per class in the train list, computed here (they equal the
+  ``class_freq`` of DBL's ``class_freq.pkl``, wutong16/DistributionBalancedLoss@14460d0 ``appendix/``, which is
+  not shipped); ``groups``: head (n ≥ 100) / medium (20 ≤ n < 100) / tail (n < 20), the thresholds of LMPT's
+  and DBL's code (equal to DBL's ``class_split.pkl``, whose ``middle`` is our ``medium``).
 - There is no val split: val is the test set, as in LMPT.
 """
 from __future__ import annotations
@@ -29,9 +32,10 @@ from .splits import dataset_root, require_path
 
 logger = logging.getLogger(__name__)
 
-HEAD_MIN = 100  # head: ≥ 100 training positives (LMPT ltAnalysis, lmpt.md §1.5)
+HEAD_MIN = 100  # head: ≥ 100 training positives (LMPT's ltAnalysis, DBL's class_split)
 TAIL_MAX_EXCLUSIVE = 20  # tail: < 20 training positives; medium: 20 ≤ n < 100
-SHARED_LMPT_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "..", "shared", "data", "lmpt")
+# The list files shipped with the package (LMPT@aab39ca data/, Apache-2.0; see NOTICE there).
+SHIPPED_LMPT_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "lists", "lmpt")
 
 ListEntry = Tuple[str, Tuple[int, ...]]
 
@@ -39,16 +43,14 @@ ListEntry = Tuple[str, Tuple[int, ...]]
 @register_cfg_defaults
 def add_cfg_defaults(cfg) -> None:
     """COCO-LT / VOC-LT keys."""
-    # folder holding coco/ and voc/ with the LT list and caption files; "" = <repo>/../shared/data/lmpt
-    # when it exists, else DATASET.ROOT (lists next to the images, as in LMPT's data/ folder)
+    # folder holding coco/ and voc/ with the LT list and caption files; "" = the copies shipped in
+    # datasets/lists/lmpt (LMPT's data/ folder); set it to use other lists, e.g. $DATA when they sit by the images
     cfg.DATASET.LMPT_DATA_DIR = ""
 
 
 def lmpt_list_dir(cfg, subdir: str) -> str:
     """The folder with the list files of ``subdir`` ("coco" or "voc"), per DATASET.LMPT_DATA_DIR."""
-    base = cfg.DATASET.LMPT_DATA_DIR
-    if not base:
-        base = SHARED_LMPT_DIR if osp.isdir(osp.join(SHARED_LMPT_DIR, subdir)) else dataset_root(cfg)
+    base = cfg.DATASET.LMPT_DATA_DIR or SHIPPED_LMPT_DIR
     return osp.join(osp.abspath(osp.expanduser(base)), subdir)
 
 
@@ -103,7 +105,7 @@ class MultiLabelLongTail(DatasetBase):
     train_list = ""
     test_list = ""
     caption_file = ""
-    CLASSNAMES: Tuple[str, ...] = ()  # label order = index in the list files (lmpt.md §1.1)
+    CLASSNAMES: Tuple[str, ...] = ()  # label order = index in the list files (the order of <name>_labels.txt)
 
     def __init__(self, cfg):
         name = type(self).__name__

@@ -3,7 +3,7 @@ Large Number of Classes" (ICVGIP 2008), https://www.robots.ox.ac.uk/~vgg/data/fl
 
 ``imagelabels.mat`` (1-based ``labels``) labels ``jpg/image_{i:05d}.jpg``; class names come from
 ``cat_to_name.json``; without the split JSON each class is split 50/20/30 in order of first
-appearance (../shared/specs/coop_family.md §7.2). See ``Flowers102`` for the official split.
+appearance (as in KaiyangZhou/CoOp ``datasets/``). See ``Flowers102`` for the official split.
 """
 from __future__ import annotations
 

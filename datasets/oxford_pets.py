@@ -1,6 +1,6 @@
 """OxfordPets: Parkhi et al., "Cats and Dogs" (CVPR 2012), https://www.robots.ox.ac.uk/~vgg/data/pets/.
 
-CoOp's reader (../shared/specs/coop_family.md §7.2): 37 breeds; ``annotations/trainval.txt`` is
+CoOp's reader (as in KaiyangZhou/CoOp ``datasets/``): 37 breeds; ``annotations/trainval.txt`` is
 split 80/20 into train/val, ``annotations/test.txt`` is the test set.
 """
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Split files, few-shot caches and base/new subsampling shared by every CoOp-style dataset.
 
-Formats follow CoOp (../shared/specs/coop_family.md §7.1):
+Formats are CoOp's (KaiyangZhou/CoOp ``datasets/oxford_pets.py``, Dassl ``DatasetBase``), so one data root
+serves this project and CoOp, CoCoOp, MaPLe or PromptSRC alike:
 - ``split_zhou_<Name>.json``: ``{"train"|"val"|"test": [[relative_path, label, classname], ...]}``.
-- ``split_fewshot/shot_{K}-seed_{S}.pkl``: ``{"train": [Datum], "val": [Datum]}``. We store image
-  paths relative to the dataset folder so the cache is portable; the reference's pickles hold
-  absolute paths and are read too (a path that no longer exists is re-rooted by its tail).
+- ``split_fewshot/shot_{K}-seed_{S}.pkl``: ``{"train": [Datum], "val": [Datum]}`` with absolute image paths
+  (upstream's ``Datum`` checks that its file exists).  Reading also accepts paths relative to the dataset
+  folder (older files of this project) and re-roots absolute paths written under another data root.
+Every pickle is read with ``dassl.utils.safe_pickle`` (plain data and ``Datum`` objects only).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dassl.data.datasets import Datum, DatasetBase
 from dassl.utils import listdir_nohidden, mkdir_if_missing, read_json, write_json
+from dassl.utils.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -130,60 +133,125 @@ def read_and_split_data(
     return train, val, test
 
 
-# ----------------------------------------------------------------------------- few-shot cache
+# ----------------------------------------------------------------------------- Datum pickles
+
+
+class CacheFormatError(ValueError):
+    """A Datum pickle holds something other than ``{split: [Datum, ...]}``."""
 
 
 def fewshot_cache_path(dataset_dir: str, num_shots: int, seed: int) -> str:
+    """CoOp's cache file name: ``<dataset_dir>/split_fewshot/shot_{K}-seed_{S}.pkl``."""
     return osp.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.pkl")
 
 
-def _to_relative(items: Sequence[Datum], root: str) -> List[Datum]:
-    out = []
-    for item in items:
-        rel = osp.relpath(item.impath, root) if osp.isabs(item.impath) else item.impath
-        clone = Datum.__new__(Datum)
-        clone.__dict__.update(item.__dict__)
-        clone._impath = rel
-        out.append(clone)
-    return out
+def _with_impath(item: Datum, impath: str) -> Datum:
+    """A copy of ``item`` with another image path (``Datum`` has no setter; its file check is skipped)."""
+    clone = Datum.__new__(Datum)
+    clone.__dict__.update(item.__dict__)
+    clone._impath = impath
+    return clone
 
 
-def _reroot(items: Sequence[Datum], root: str) -> List[Datum]:
-    """Make cached paths absolute under ``root``; re-root absolute paths from another machine."""
-    base = osp.basename(osp.normpath(root))
-    out = []
+def _absolute(items: Sequence[Datum], root: str) -> List[Datum]:
+    """``items`` with every relative image path joined under ``root`` (absolute ones are kept)."""
+    return [item if osp.isabs(item.impath) else _with_impath(item, osp.join(root, item.impath)) for item in items]
+
+
+def _old_root(path: str, root: str) -> Optional[str]:
+    """The folder that played the role of ``root`` in ``path``, a path written under another data root.
+
+    First choice: the last component of ``path`` named like ``root``'s folder (``.../oxford_pets/images/x.jpg``);
+    otherwise the shortest prefix whose remainder exists under ``root``.  ``None`` if neither is found.
+    """
+    parts = path.split(os.sep)
+    base = osp.basename(root)
+    if base in parts[:-1]:
+        last = len(parts) - 2 - parts[-2::-1].index(base)
+        return os.sep.join(parts[:last + 1])
+    for i in range(1, len(parts) - 1):
+        if osp.exists(osp.join(root, *parts[i:])):
+            return os.sep.join(parts[:i])
+    return None
+
+
+def _reroot(items: Sequence[Datum], root: str, moved: Dict[str, int]) -> List[Datum]:
+    """Absolute paths under ``root``: relative ones are joined, another root's prefix is replaced.
+
+    ``moved`` counts re-rooted paths per old root (filled in place, for the caller's log line).  The old root
+    is searched once per distinct prefix, not once per item (ImageNet's cache holds 1.28M items).
+    """
+    root = osp.normpath(root)
+    out, old = [], None
     for item in items:
         path = item.impath
         if not osp.isabs(path):
             path = osp.join(root, path)
-        elif not osp.exists(path):
-            # Reference pickles store absolute paths of the machine that wrote them: keep the
-            # part after the dataset folder name and put it under this machine's folder.
-            parts = path.split(os.sep)
-            if base in parts:
-                path = osp.join(root, *parts[len(parts) - parts[::-1].index(base):])
-        clone = Datum.__new__(Datum)
-        clone.__dict__.update(item.__dict__)
-        clone._impath = path
-        out.append(clone)
+        elif not (path == root or path.startswith(root + os.sep)):
+            if old is None or not path.startswith(old + os.sep):
+                old = _old_root(path, root)
+            if old is not None and path.startswith(old + os.sep):
+                moved[old] = moved.get(old, 0) + 1
+                path = root + path[len(old):]
+        out.append(item if path == item.impath else _with_impath(item, path))
     return out
 
 
+def _check_datum_lists(data: object, path: str) -> Dict[str, Optional[List[Datum]]]:
+    """``data`` if it is ``{split: [Datum, ...] or None}`` with string image paths, else a one-line error."""
+    if not isinstance(data, dict):
+        raise CacheFormatError(f"{path}: expected a dict of Datum lists, found {type(data).__name__}; delete the "
+                               f"file so it is rebuilt")
+    for key, items in data.items():
+        if items is None:
+            continue
+        if not isinstance(items, list) or not all(
+                isinstance(item, Datum) and isinstance(item.__dict__.get("_impath"), str) for item in items):
+            raise CacheFormatError(f"{path}: entry {key!r} is not a list of Datum objects with image paths; delete "
+                                   f"the file so it is rebuilt")
+    return data
+
+
 def save_datum_pickle(data: Dict[str, Sequence[Datum]], path: str, root: str) -> None:
-    """Pickle ``{split: [Datum]}`` with image paths relative to ``root`` (atomic write)."""
-    portable = {key: _to_relative(items, root) for key, items in data.items()}
+    """Pickle ``{split: [Datum]}`` exactly as CoOp / Dassl do, atomically.
+
+    CoOp's format: the plain dict of ``dassl.data.datasets.base_dataset.Datum`` objects with *absolute* image
+    paths (upstream's ``Datum`` checks that its file exists), pickled with the highest protocol.  A data root
+    written here therefore stays usable by CoOp, CoCoOp, MaPLe or PromptSRC.  Relative paths are made
+    absolute under ``root``.
+    """
+    payload = {key: _absolute(items, root) if items is not None else None for key, items in data.items()}
     mkdir_if_missing(osp.dirname(path))
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        pickle.dump(portable, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
 
 
-def load_datum_pickle(path: str, root: str) -> Dict[str, List[Datum]]:
-    """Read a pickle written by ``save_datum_pickle`` or by the reference (absolute paths)."""
-    with open(path, "rb") as f:
-        data = pickle.load(f)
-    return {key: _reroot(items, root) if items is not None else None for key, items in data.items()}
+def load_datum_pickle(path: str, root: str, rewrite: bool = True) -> Dict[str, Optional[List[Datum]]]:
+    """Read a ``{split: [Datum]}`` pickle (CoOp's, or ours) with absolute paths under ``root``.
+
+    The file goes through the restricted unpickler (nothing in it can run).  Paths may be absolute (CoOp's
+    format), relative to ``root`` (files written by older versions of this project) or absolute under another
+    data root (a cache copied from another machine): the last are re-rooted with one log line.  With
+    ``rewrite``, a file that needed either fix is written back in CoOp's format, so other codebases sharing
+    the data root can read it too (best effort: a read-only data root is left as it is).
+    """
+    data = _check_datum_lists(load_pickle(path), path)
+    moved: Dict[str, int] = {}
+    fixed = {key: _reroot(items, root, moved) if items is not None else None for key, items in data.items()}
+    if moved:
+        old = max(moved, key=moved.get)  # the root most paths came from (normally the only one)
+        logger.info(f"Re-rooted {sum(moved.values())} image paths of {path} from {old} to {osp.normpath(root)} "
+                    f"(the file was written under another data root)")
+    changed = any(a is not b for key, items in data.items() if items is not None
+                  for a, b in zip(items, fixed[key]))
+    if rewrite and changed:
+        try:
+            save_datum_pickle(fixed, path, root)
+        except OSError as err:
+            logger.debug(f"could not rewrite {path} with this root's paths: {err}")
+    return fixed
 
 
 def load_or_create_fewshot(
@@ -194,33 +262,28 @@ def load_or_create_fewshot(
     train: List[Datum],
     val: Optional[List[Datum]] = None,
 ) -> Tuple[List[Datum], Optional[List[Datum]]]:
-    """K shots per class for train and min(K, 4) for val, cached per (K, seed).
+    """K shots per class for train and min(K, 4) for val, cached per (K, seed) in CoOp's file and format.
 
-    The sampling order (train first, then val) is the reference's, so with the same seed and
-    file listing the subsets equal CoOp's.
+    The sampling order (train first, then val) is the reference's, so with the same seed and file listing
+    the subsets, and the cache file, equal CoOp's.
     """
     if num_shots < 1:
         return train, val
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
     if osp.exists(path):
         logger.info(f"Loading preprocessed few-shot data from {path}")
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-        train = _reroot(data["train"], dataset_dir)
-        val = _reroot(data["val"], dataset_dir) if data.get("val") is not None else val
-        return train, val
+        data = load_datum_pickle(path, dataset_dir)
+        if not data.get("train"):
+            raise CacheFormatError(f"{path}: no 'train' list of Datum objects; delete the file so it is rebuilt")
+        return data["train"], data["val"] if data.get("val") is not None else val
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
-    data = {"train": _to_relative(train, dataset_dir)}
+    data = {"train": train}
     if val is not None:
         val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-        data["val"] = _to_relative(val, dataset_dir)
+        data["val"] = val
     logger.info(f"Saving preprocessed few-shot data to {path}")
-    mkdir_if_missing(osp.dirname(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-    return train, val
+    save_datum_pickle(data, path, dataset_dir)
+    return _absolute(train, dataset_dir), _absolute(val, dataset_dir) if val is not None else None
 
 
 # ----------------------------------------------------------------------------- base / new

@@ -4,7 +4,7 @@
 196 classes; annotations are MATLAB files: ``devkit/cars_train_annos.mat`` and
 ``cars_test_annos_withlabels.mat`` (struct arrays with ``fname`` and 1-based ``class``) and
 ``devkit/cars_meta.mat`` (``class_names``). CoOp moves the trailing year to the front of each
-class name; split paths are relative to the dataset folder (../shared/specs/coop_family.md §7.2).
+class name; split paths are relative to the dataset folder (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

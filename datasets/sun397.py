@@ -5,7 +5,7 @@ https://vision.princeton.edu/projects/2010/SUN/.
 (``Training_01.txt`` → train/val 80/20, ``Testing_01.txt`` → test) lists images as
 ``/a/abbey/sun_xxx.jpg``. The displayed class name drops the initial letter and reverses the
 remaining components: ``a/apartment_building/outdoor`` → ``outdoor apartment_building``
-(../shared/specs/coop_family.md §7.2).
+(as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A procedurally drawn long-tailed multi-label dataset: several coloured shapes co-occur in one image.
 
-Offline stand-in for COCO-LT / VOC-LT (LMPT, Xia et al., arXiv:2305.04536; ``shared/specs/lmpt.md`` §1).
+Offline stand-in for COCO-LT / VOC-LT (LMPT, Xia et al., arXiv:2305.04536).
 Classes are those of ``Synthetic`` ("red circle", "green square", ...; ``datasets/synthetic.py``). Each image
 is a 2x2 grid: every present class is drawn (``draw_shape``) in its own random cell, so no shape hides another,
 on a grey background (``BACKGROUND plain``) or on a ``render_image`` textured tile (``textured``; a random

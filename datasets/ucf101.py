@@ -4,7 +4,7 @@
 ``ucfTrainTestlist/classInd.txt`` (``<1-based id> <ActionName>``) fixes the labels; split 01
 (``trainlist01.txt`` → train/val 80/20, ``testlist01.txt`` → test) lists
 ``ActionName/v_ActionName_gXX_cYY.avi``. CamelCase actions are renamed ``Apply_Eye_Makeup`` and the
-frame is ``UCF-101-midframes/<renamed>/<file>.jpg`` (../shared/specs/coop_family.md §7.2).
+frame is ``UCF-101-midframes/<renamed>/<file>.jpg`` (as in KaiyangZhou/CoOp ``datasets/``).
 """
 from __future__ import annotations
 

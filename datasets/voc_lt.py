@@ -1,7 +1,7 @@
 """VOC-LT: the long-tailed multi-label split of PASCAL VOC from the Distribution-Balanced loss paper
 (Wu et al., ECCV 2020), as used by LMPT (Xia et al., arXiv:2305.04536). 20 classes; 1,142 train
 images from VOC2012 trainval, the 4,952 VOC2007 test images as test; head/medium/tail 6/6/8
-classes (../shared/specs/lmpt.md §1). Class names keep VOC's spellings (``diningtable``).
+classes. Class names keep VOC's spellings (``diningtable``).
 """
 from dassl.data.datasets import DATASET_REGISTRY
 

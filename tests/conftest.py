@@ -29,3 +29,15 @@ atexit.register(shutil.rmtree, os.environ["VLPROMPT_CACHE"], ignore_errors=True)
 def data_root(tmp_path_factory) -> str:
     """One DATASET.ROOT for the session, so the synthetic dataset is drawn once."""
     return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny_dir(tmp_path_factory) -> str:
+    """A folder holding ``tiny-vit-synthetic.pth`` pre-trained with the demo's recipe (about 3 s)."""
+    from vlprompt.clip.pretrain_tiny import PretrainConfig, pretrain_tiny_clip, save_state_dict
+    from vlprompt.trainers.common.clip_loading import PRETRAINED_TINY
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    state_dict, _ = pretrain_tiny_clip(PretrainConfig(arch="vit"))
+    save_state_dict(state_dict, str(folder / PRETRAINED_TINY["tiny-vit-synthetic"][0]))
+    return str(folder)

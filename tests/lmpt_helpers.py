@@ -5,7 +5,7 @@ import os
 import os.path as osp
 
 from dataset_fixtures import write_image
-from vlprompt.datasets.lt_multilabel import SHARED_LMPT_DIR, read_multilabel_list
+from vlprompt.datasets.lt_multilabel import SHIPPED_LMPT_DIR, read_multilabel_list
 
 SUBDIRS = {"COCOLT": "coco", "VOCLT": "voc"}  # list folder and file prefix per dataset
 
@@ -15,7 +15,7 @@ def link_lmpt_images(root, name: str) -> None:
     subdir = SUBDIRS[name]
     src = write_image(str(root / "one.jpg"))
     for split in ("train", "test"):
-        for path, _ in read_multilabel_list(osp.join(SHARED_LMPT_DIR, subdir, f"{subdir}_lt_{split}.txt"), 80):
+        for path, _ in read_multilabel_list(osp.join(SHIPPED_LMPT_DIR, subdir, f"{subdir}_lt_{split}.txt"), 80):
             dst = root / subdir / path
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dst)

@@ -1,8 +1,9 @@
 """clip.load: TorchScript archives, plain state dicts, verified downloads, tiny models, preprocessing.
 
 No network: the download path is exercised by serving local bytes through a patched ``urllib.request.urlopen``.
-The fake OpenAI archive follows ``shared/specs/clip_model.md`` §4.4 and is also read by open_clip 3.3.0's
-``load_openai_model`` as an oracle.
+The fake OpenAI archive is a traced tiny model in OpenAI's archive layout, also read by open_clip 3.3.0's
+``load_openai_model`` as an oracle.  A local archive is opened as TorchScript only when trusted or when its
+SHA256 is a released checkpoint's (tests/test_untrusted_files.py checks the refusals).
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def reference_features() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_load_torchscript_archive_matches_open_clip(archive, reference_features, mha_fastpath_off):
-    """The fake OpenAI archive loads as fp32 on CPU, equal to build_model and to open_clip's loader."""
-    model, preprocess = clip.load(archive, device="cpu")
+    """The fake OpenAI archive (trusted explicitly: its hash is no released checkpoint's) loads as fp32 on CPU,
+    equal to build_model and to open_clip's loader."""
+    model, preprocess = clip.load(archive, device="cpu", trust_local_archive=True)
     assert model.dtype == torch.float32 and not model.training
     ours = _features(model)
     oracle = _features(open_clip.load_openai_model(archive, precision="fp32", device="cpu"))
@@ -90,7 +92,7 @@ def test_load_archive_traced_with_mask_buffer(tmp_path, reference_features):
     path = str(tmp_path / "traced.pt")
     _trace_archive(build_model(tiny_state_dict("vit")), path, openai_like=False)
     assert any(k.endswith("attn_mask") for k in torch.jit.load(path).state_dict())
-    model, _ = clip.load(path, device="cpu")
+    model, _ = clip.load(path, device="cpu", trust_local_archive=True)
     assert all(torch.equal(a, b) for a, b in zip(_features(model), reference_features))
 
 

@@ -14,7 +14,7 @@ import os.path as osp
 import pytest
 import torch
 
-from clip_prompt_fixtures import build, build_cfg, eval_only, train_and_test
+from helpers import build, build_cfg, eval_only, train_and_test
 from dassl.utils.logger import close_logger
 from vlprompt.trainers.clip_lora import CLIP_LoRA
 

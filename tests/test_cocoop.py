@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_prompt_fixtures import build, build_cfg, data_root, single_thread, tiny_clip_fp32  # noqa: F401
+from helpers import build, build_cfg, tiny_clip_fp32
 from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
 from vlprompt.trainers.common.text_encoder import TextEncoder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSNAMES = ["red circle", "dog", "a_very_long_name", "x", "green square"]
 TINY_COCOOP = "configs/trainers/CoCoOp/tiny_vit_c4_ep10_batch4_ctxv1.yaml"
 

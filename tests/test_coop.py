@@ -10,12 +10,11 @@ import os.path as osp
 import pytest
 import torch
 
-from clip_prompt_fixtures import build, build_cfg, data_root, eval_only, single_thread  # noqa: F401
+from helpers import build, build_cfg, eval_only
 from dassl.utils import load_checkpoint
 from vlprompt.train import ConfigError
 from vlprompt.trainers.common.prompt_trainer import CheckpointMismatchError
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 TINY_COOP = "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml"
 CTX_DIM = 128  # tiny CLIP text width
 

@@ -2,7 +2,7 @@
 
 Checks, per dataset: class names in label order, split sizes, the split JSON written in CoOp's
 format and read back, few-shot sampling (K per class for train, min(K, 4) for val) and its
-portable cache, base/new subsampling with relabelling.
+cache in CoOp's format (absolute paths; re-rooted when copied), base/new subsampling with relabelling.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_existing_split_json_is_used_as_is(tmp_path):
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_fewshot_sampling_and_cache_round_trip(tmp_path, name):
     """K=2: two images per class in train, min(K, 4) in val (ImageNet: val is the full test);
-    the cache stores relative paths and is re-read whatever the RNG state."""
+    the cache stores CoOp's absolute paths and is re-read whatever the RNG state."""
     COOP_BUILDERS[name](str(tmp_path))
     full = build(tmp_path, name)
     few = build(tmp_path, name, shots=2, seed=1)
@@ -124,7 +124,8 @@ def test_fewshot_sampling_and_cache_round_trip(tmp_path, name):
     cache = fewshot_cache_path(few.dataset_dir, 2, 1)
     with open(cache, "rb") as f:
         stored = pickle.load(f)
-    assert all(not osp.isabs(d.impath) for d in stored["train"])
+    assert triples(stored["train"]) == triples(few.train_x)
+    assert all(osp.isabs(d.impath) and osp.isfile(d.impath) for d in stored["train"])
     assert ("val" in stored) == (name != "ImageNet")
     again = build(tmp_path, name, shots=2, seed=1, rng_seed=98765)
     assert triples(again.train_x) == triples(few.train_x)
@@ -152,7 +153,7 @@ def test_fewshot_reads_reference_absolute_path_pickle(tmp_path):
         stored = pickle.load(f)
     for items in stored.values():
         for d in items:
-            d._impath = osp.join("/home/someone/DATA/oxford_pets", d.impath)
+            d._impath = d.impath.replace(few.dataset_dir, "/home/someone/DATA/oxford_pets", 1)
     with open(cache, "wb") as f:
         pickle.dump(stored, f)
     again = build(tmp_path, "OxfordPets", shots=2, rng_seed=5)
@@ -181,7 +182,7 @@ def test_base_new_subsampling_relabels(tmp_path, name):
 
 def test_imagenet_listing_sorted_and_cached(tmp_path):
     """ImageNet lists images sorted inside each wnid folder and caches the scan in
-    preprocessed.pkl with relative paths; a later build reads the cache, not the folders."""
+    preprocessed.pkl with CoOp's absolute paths; a later build reads the cache, not the folders."""
     mini = make_imagenet(str(tmp_path))
     ds = build(tmp_path, "ImageNet")
     for label in range(5):
@@ -190,7 +191,7 @@ def test_imagenet_listing_sorted_and_cached(tmp_path):
     with open(osp.join(mini.dataset_dir, "preprocessed.pkl"), "rb") as f:
         stored = pickle.load(f)
     assert set(stored) == {"train", "test"}
-    assert all(not osp.isabs(d.impath) for d in stored["train"] + stored["test"])
+    assert all(osp.isabs(d.impath) and osp.isfile(d.impath) for d in stored["train"] + stored["test"])
     open(osp.join(mini.dataset_dir, "images", "train", "n01440764", "zzz_new.JPEG"), "wb").close()
     assert len(build(tmp_path, "ImageNet").train_x) == 30
 

@@ -1,22 +1,25 @@
-"""COCO-LT / VOC-LT: the shipped list files parse to the spec's counts, class frequencies and
-head/medium/tail groups (../shared/specs/lmpt.md §1), and the readers build multi-label Datums
-with captions from lists in the real format.
+"""COCO-LT / VOC-LT: the list files shipped in ``datasets/lists/lmpt`` parse to the published counts, class
+frequencies and head/medium/tail groups; our computed ``class_freq`` / groups equal DBL's ``class_freq.pkl`` /
+``class_split.pkl`` (reference copies in ../shared/data/lmpt, read with the restricted unpickler; only that
+comparison is skipped when they are absent); and the readers build multi-label Datums with captions from lists
+in the real format, by default from the shipped copies.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import os.path as osp
-import pickle
 
 import numpy as np
 import pytest
 
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.utils import set_random_seed
+from dassl.utils.safe_pickle import load_pickle
 from dataset_fixtures import write_image
 from vlprompt.datasets.coco_lt import COCO_CLASSNAMES
 from vlprompt.datasets.lt_multilabel import (
-    SHARED_LMPT_DIR,
+    SHIPPED_LMPT_DIR,
     class_frequencies,
     head_medium_tail,
     read_captions,
@@ -35,6 +38,10 @@ COCO_HEAD = [0, 2, 24, 26, 39, 41, 42, 43, 44, 45, 56, 57, 58, 60, 62, 63, 67, 6
 COCO_TAIL = [4, 6, 10, 11, 12, 14, 17, 18, 19, 20, 21, 22, 23, 29, 30, 31, 33, 36, 37, 52, 54, 70, 76, 78, 79]
 VOC_HEAD, VOC_MEDIUM, VOC_TAIL = [4, 6, 8, 10, 14, 15], [1, 7, 11, 13, 17, 19], [0, 2, 3, 5, 9, 12, 16, 18]
 
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# DBL's pickles (non-commercial licence: never shipped) as reference data for the engineers' checkout only.
+DBL_REFERENCE_DIR = osp.join(REPO_ROOT, "..", "shared", "data", "lmpt")
+
 SPEC = {  # name: (subdir, prefix, classnames, n_train, n_test, freq, group sizes)
     "COCOLT": ("coco", "coco", COCO_CLASSNAMES, 1909, 5000, COCO_FREQ, (22, 33, 25)),
     "VOCLT": ("voc", "voc", VOC_CLASSNAMES, 1142, 4952, VOC_FREQ, (6, 6, 8)),
@@ -51,24 +58,55 @@ def build(root, name: str, lmpt_dir: str = "", shots: int = -1):
     return DATASET_REGISTRY.get(name)(cfg)
 
 
+def test_shipped_lists_carry_notice_licence_and_checksums():
+    """Every shipped list file is listed in SHA256SUMS with its current hash; NOTICE names origin and licence."""
+    with open(osp.join(SHIPPED_LMPT_DIR, "SHA256SUMS")) as f:
+        sums = dict(reversed(line.split()) for line in f if line.strip())
+    shipped = sorted(f"{d}/{n}" for d in ("coco", "voc") for n in os.listdir(osp.join(SHIPPED_LMPT_DIR, d)))
+    assert sorted(sums) == shipped and len(shipped) == 8
+    for relpath, digest in sums.items():
+        with open(osp.join(SHIPPED_LMPT_DIR, relpath), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, relpath
+    notice = open(osp.join(SHIPPED_LMPT_DIR, "NOTICE")).read()
+    assert "richard-peng-xia/LMPT" in notice and "aab39ca" in notice and "Apache License, Version 2.0" in notice
+    assert "Apache License" in open(osp.join(SHIPPED_LMPT_DIR, "LICENSE")).read()
+
+
+def _computed_statistics(name: str):
+    subdir, prefix, classnames, *_ = SPEC[name]
+    train = read_multilabel_list(osp.join(SHIPPED_LMPT_DIR, subdir, f"{prefix}_lt_train.txt"), len(classnames))
+    class_freq = class_frequencies([labels for _, labels in train], len(classnames))
+    return class_freq, head_medium_tail(class_freq)
+
+
+@pytest.mark.parametrize("name", list(SPEC))
+def test_statistics_equal_dbl_reference_pickles(name):
+    """Our class_freq, neg_class_freq and head/medium/tail equal DBL's class_freq.pkl and class_split.pkl."""
+    folder = osp.join(DBL_REFERENCE_DIR, SPEC[name][0])
+    if not osp.isfile(osp.join(folder, "class_freq.pkl")):
+        pytest.skip(f"DBL reference pickles not found in {folder} (engineers' checkout only)")
+    class_freq, groups = _computed_statistics(name)
+    dbl_freq = load_pickle(osp.join(folder, "class_freq.pkl"))
+    assert isinstance(dbl_freq["class_freq"], np.ndarray)
+    assert dbl_freq["class_freq"].tolist() == class_freq.tolist()
+    assert dbl_freq["neg_class_freq"].tolist() == (SPEC[name][3] - class_freq).tolist()
+    dbl_split = load_pickle(osp.join(folder, "class_split.pkl"))
+    ours = (set(groups["head"]), set(groups["medium"]), set(groups["tail"]))
+    assert ours == ({int(c) for c in dbl_split["head"]}, {int(c) for c in dbl_split["middle"]},
+                    {int(c) for c in dbl_split["tail"]})
+
+
 @pytest.mark.parametrize("name", list(SPEC))
 def test_shipped_lists_match_spec(name):
-    """Sizes, per-class train counts (= DBL's class_freq.pkl) and head/medium/tail (= class_split.pkl)."""
+    """Sizes, per-class train counts and head/medium/tail sizes of the shipped lists."""
     subdir, prefix, classnames, n_train, n_test, freq, sizes = SPEC[name]
-    folder = osp.join(SHARED_LMPT_DIR, subdir)
+    folder = osp.join(SHIPPED_LMPT_DIR, subdir)
     train = read_multilabel_list(osp.join(folder, f"{prefix}_lt_train.txt"), len(classnames))
     test = read_multilabel_list(osp.join(folder, f"{prefix}_lt_test.txt"), len(classnames))
     assert (len(train), len(test)) == (n_train, n_test)
-    class_freq = class_frequencies([labels for _, labels in train], len(classnames))
+    class_freq, groups = _computed_statistics(name)
     assert class_freq.tolist() == freq
-    with open(osp.join(folder, "class_freq.pkl"), "rb") as f:
-        assert np.array_equal(pickle.load(f)["class_freq"], class_freq)
-    groups = head_medium_tail(class_freq)
     assert tuple(len(groups[k]) for k in ("head", "medium", "tail")) == sizes
-    with open(osp.join(folder, "class_split.pkl"), "rb") as f:
-        dbl = pickle.load(f)
-    ours = (set(groups["head"]), set(groups["medium"]), set(groups["tail"]))
-    assert ours == (dbl["head"], dbl["middle"], dbl["tail"])
     captions = read_captions(osp.join(folder, f"{prefix}_lt_captions.txt"))
     assert set(captions) == {path for path, _ in train}
     with open(osp.join(folder, f"{prefix}_labels.txt")) as f:  # "name id" lines give the same order
@@ -79,15 +117,15 @@ def test_group_members_and_unlabelled_coco_test_images():
     """The spec's head/tail index lists, and COCO-LT's 48 test images without labels."""
     assert head_medium_tail(COCO_FREQ)["head"] == COCO_HEAD and head_medium_tail(COCO_FREQ)["tail"] == COCO_TAIL
     assert [head_medium_tail(VOC_FREQ)[k] for k in ("head", "medium", "tail")] == [VOC_HEAD, VOC_MEDIUM, VOC_TAIL]
-    test = read_multilabel_list(osp.join(SHARED_LMPT_DIR, "coco", "coco_lt_test.txt"), 80)
+    test = read_multilabel_list(osp.join(SHIPPED_LMPT_DIR, "coco", "coco_lt_test.txt"), 80)
     assert sum(1 for _, labels in test if not labels) == 48
 
 
 @pytest.mark.parametrize("name", list(SPEC))
 def test_full_build_on_shipped_lists(tmp_path, name):
-    """The default list location is ../shared/data/lmpt; images resolve under DATASET.ROOT/<dir>."""
+    """The default list location ("") is the shipped copy; images resolve under DATASET.ROOT/<dir>."""
     subdir, prefix, classnames, n_train, n_test, freq, sizes = SPEC[name]
-    folder = osp.join(SHARED_LMPT_DIR, subdir)
+    folder = osp.join(SHIPPED_LMPT_DIR, subdir)
     src = write_image(str(tmp_path / "one.jpg"))
     for split in ("train", "test"):
         for path, _ in read_multilabel_list(osp.join(folder, f"{prefix}_lt_{split}.txt"), len(classnames)):

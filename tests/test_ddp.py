@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from engine_helpers import REPO_ROOT, last_accuracy, run_train
+from helpers import REPO_ROOT, last_accuracy, run_train
 
 COOP_TINY = os.path.join(REPO_ROOT, "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml")
 SYNTHETIC = os.path.join(REPO_ROOT, "configs/datasets/synthetic.yaml")
@@ -64,7 +64,7 @@ def test_torchrun_two_processes_equals_single_process(data_root, tmp_path):
 def test_unverified_trainer_refuses_torchrun(data_root, tmp_path, monkeypatch, capsys):
     """A trainer that has not declared SUPPORTS_DISTRIBUTED fails with one line instead of training wrongly."""
     from dassl.engine import trainer as trainer_module
-    from engine_helpers import toy_args
+    from helpers import toy_args
 
     monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
     assert run_train(toy_args(data_root, str(tmp_path / "out"))) == 1

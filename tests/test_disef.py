@@ -13,7 +13,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from clip_prompt_fixtures import build, build_cfg, train_and_test
+from helpers import build, build_cfg, train_and_test
 from dassl.data.datasets import build_dataset
 from dassl.utils.logger import close_logger
 from vlprompt.trainers.common.disef_generation import GenerationConfig, TemplateCaptioner, low_f1_classes, read_manifest, \
@@ -164,10 +164,10 @@ def _lora_configs() -> list[tuple[str, str]]:
     import glob
     import os.path as osp
 
-    from clip_prompt_fixtures import REPO
+    from helpers import REPO_ROOT
 
-    return [(trainer, osp.relpath(path, REPO)) for trainer in ("CLIP_LoRA", "DISEF")
-            for path in sorted(glob.glob(osp.join(REPO, "configs", "trainers", trainer, "*.yaml")))]
+    return [(trainer, osp.relpath(path, REPO_ROOT)) for trainer in ("CLIP_LoRA", "DISEF")
+            for path in sorted(glob.glob(osp.join(REPO_ROOT, "configs", "trainers", trainer, "*.yaml")))]
 
 
 @pytest.mark.parametrize("trainer, path", _lora_configs(), ids=lambda x: x.rsplit("/", 1)[-1])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vlprompt import clip
 from dpt_helpers import dpt_args
-from engine_helpers import run_train
+from helpers import run_train
 from vlprompt.trainers.common.discrete_prompt import DiscretePrompt
 from vlprompt.trainers.common.prompt_clip import l2_normalize
 from vlprompt.trainers.common.text_encoder import TextEncoder

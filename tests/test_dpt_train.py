@@ -24,7 +24,7 @@ from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
 from dassl.utils.logger import close_logger
 from dpt_helpers import REPO_ROOT, SMALL_SYNTHETIC, train_set_loss
-from engine_helpers import run_train
+from helpers import run_train
 
 EPOCHS = 3
 CFG = "tiny_vit_c2_ep5_batch4"
@@ -133,5 +133,5 @@ def test_parse_test_res_tabulates_base_and_new(runs, capsys):
     parse_test_res.main(parse_test_res.build_parser().parse_args(
         [str(runs["out"] / "base2new"), "--table", "--format", "csv"]))
     table = capsys.readouterr().out.splitlines()
-    assert "dataset,trainer,config,shots,base,new,H,seeds" in table
+    assert "dataset,trainer,config,shots,base,new,H,seeds,backbone,seeds_total" in table
     assert any(line.startswith(f"Synthetic,DPT,{CFG},8,") for line in table), table

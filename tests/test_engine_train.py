@@ -9,7 +9,7 @@ import torch
 
 from vlprompt import parse_test_res
 from dassl.engine import trainer as trainer_module
-from engine_helpers import PROGRESS_LINE, REPO_ROOT, last_accuracy, run_train, toy_args
+from helpers import PROGRESS_LINE, REPO_ROOT, last_accuracy, run_train, toy_args
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_parse_test_res_table(three_seed_runs, capsys):
     args = parse_test_res.build_parser().parse_args([str(three_seed_runs.parent), "--table", "--format", "csv"])
     parse_test_res.main(args)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "dataset,trainer,config,shots,classes,mean,std,n,folder"
+    assert lines[0] == "dataset,trainer,config,shots,classes,mean,std,n,folder,backbone,seeds_total,skipped"
     row = lines[1].split(",")
     assert row[:5] == ["Synthetic", "Vanilla", "cnn_small_ep10", "-1", "all"] and row[7] == "3"
 

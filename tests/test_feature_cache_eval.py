@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from clip_prompt_fixtures import build, build_cfg, data_root, single_thread  # noqa: F401
+from helpers import build, build_cfg
 from dassl.engine import TrainerX
 
 CONFIGS = {
@@ -42,7 +42,7 @@ def _evaluate(trainer, uncached: bool = False) -> tuple[float, list, int]:
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cached_evaluation_equals_the_image_loop_and_hits_the_cache(name, data_root, tmp_path, single_thread, caplog):
+def test_cached_evaluation_equals_the_image_loop_and_hits_the_cache(name, data_root, tmp_path, caplog):
     """Same predictions as ENABLED False; the second run (a new trainer) loads features and never encodes."""
     cache_dir = str(tmp_path / "cache")
     plain = _trainer(name, data_root, str(tmp_path / "plain"), cache_dir, enabled=False)
@@ -73,7 +73,7 @@ def test_cached_evaluation_equals_the_image_loop_and_hits_the_cache(name, data_r
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_changed_encoder_weights_miss_the_cache(name, data_root, tmp_path, single_thread):
+def test_changed_encoder_weights_miss_the_cache(name, data_root, tmp_path):
     """New image-encoder weights make a new entry whose predictions equal the image loop with those weights."""
     cache_dir = str(tmp_path / "cache")
     trainer = _trainer(name, data_root, str(tmp_path / "out"), cache_dir)

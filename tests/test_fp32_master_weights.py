@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_prompt_fixtures import single_thread, tiny_clip_fp32  # noqa: F401
+from helpers import tiny_clip_fp32
 from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
 from vlprompt.trainers.common.clip_loading import cast_clip, cast_learnable
 from vlprompt.trainers.common.prompt_clip import PromptCLIP
@@ -52,7 +52,7 @@ def _copy_learnable(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     dst.prompt_learner.load_state_dict(src.prompt_learner.state_dict())
 
 
-def test_coop_ctx_stays_fp32_under_fp16_and_logits_match_fp32(single_thread):
+def test_coop_ctx_stays_fp32_under_fp16_and_logits_match_fp32():
     """ctx is fp32, the frozen buffers fp16; the fp16 logits equal the fp32 model's within fp16 tolerance."""
     m16, m32 = _coop("fp16"), _coop("fp32")
     _copy_learnable(m32, m16)
@@ -66,7 +66,7 @@ def test_coop_ctx_stays_fp32_under_fp16_and_logits_match_fp32(single_thread):
     assert diff < 0.05, f"fp16 vs fp32 logits differ by {diff} (scale {l32.abs().max().item():.2f})"
 
 
-def test_coop_sgd_step_updates_fp32_master_weights(single_thread):
+def test_coop_sgd_step_updates_fp32_master_weights():
     """The gradient is fp32 and a step smaller than fp16's resolution still changes ctx (it would round away)."""
     model = _coop("fp16")
     ctx = model.prompt_learner.ctx
@@ -86,14 +86,14 @@ def test_coop_sgd_step_updates_fp32_master_weights(single_thread):
     assert torch.equal(half - torch.full_like(half, TINY_STEP), half)
 
 
-def test_fp32_master_false_is_the_reference_half_weights(single_thread):
+def test_fp32_master_false_is_the_reference_half_weights():
     """``fp32_master=False`` casts the learnable module to CLIP's dtype, as CoOp does."""
     model = _coop("fp16", fp32_master=False)
     assert model.prompt_learner.ctx.dtype == torch.float16
 
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
-def test_cocoop_meta_net_stays_fp32_and_gets_fp32_grads(precision, single_thread):
+def test_cocoop_meta_net_stays_fp32_and_gets_fp32_grads(precision):
     """CoCoOp's meta-net reads fp16 image features through fp32 weights; its grads are fp32."""
     model = _cocoop(precision)
     learner = model.prompt_learner
@@ -105,7 +105,7 @@ def test_cocoop_meta_net_stays_fp32_and_gets_fp32_grads(precision, single_thread
         assert param.grad.abs().max() > 0, name
 
 
-def test_cocoop_fp16_logits_match_fp32(single_thread):
+def test_cocoop_fp16_logits_match_fp32():
     """fp16 CoCoOp with fp32 master weights gives the fp32 model's logits within fp16 tolerance."""
     m16, m32 = _cocoop("fp16"), _cocoop("fp32")
     _copy_learnable(m32, m16)

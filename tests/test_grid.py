@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from dassl.engine import trainer as trainer_module
-from engine_helpers import REPO_ROOT, run_train
+from helpers import REPO_ROOT, run_train
 
 _spec = importlib.util.spec_from_file_location("grid", os.path.join(REPO_ROOT, "scripts", "grid.py"))
 grid = importlib.util.module_from_spec(_spec)

@@ -1,4 +1,4 @@
-"""Label noise as a dataset feature (``datasets/label_noise.py``, spec ``shared/specs/mlpt.md`` §3.2, §9.1).
+"""Label noise as a dataset feature (``datasets/label_noise.py``, MLPT's noisy-label protocol).
 
 Checked: exactly NUM_FP wrong labels per class (by true class and by given label), the same noise for the same
 seed, the reference's literal ``make_noise`` on a small class-sorted list (re-written here as the reference
@@ -15,7 +15,13 @@ import pytest
 
 from dassl.data.datasets import Datum, DatasetBase
 from vlprompt.datasets import label_noise
-from vlprompt.datasets.label_noise import NOISE_RNG_SALT, apply_label_noise, noise_cache_path, per_class_noise
+from vlprompt.datasets.label_noise import (
+    NOISE_RNG_SALT,
+    apply_label_noise,
+    noise_cache_path,
+    per_class_noise,
+    reference_noise_path,
+)
 
 
 def _cfg(num_fp: int, seed: int = 1, literal: bool = False, shots: int = 16, name: str = "Fake"):
@@ -91,7 +97,11 @@ def test_literal_mode_reproduces_reference_make_noise(tmp_path, num_fp):
     assert [item.label for item in noisy] == [item["label"] for item in expected]
     assert all(item.label == item.true_label for item in noisy[num_fp:])  # nothing after the first num_fp
     assert [item.true_label for item in noisy] == [c for c in range(3) for _ in range(4)]
+    # cached under our own name; the reference's file name is never written (an MLPT run would read it)
+    assert osp.basename(noise_cache_path(str(tmp_path), 4, num_fp, 5, literal=True)) == \
+        f"shot_4-numfp_{num_fp}-literal-seed_5.pkl"
     assert osp.exists(noise_cache_path(str(tmp_path), 4, num_fp, 5, literal=True))
+    assert not osp.exists(reference_noise_path(str(tmp_path), 4, num_fp, 5))
 
 
 def test_literal_mode_reads_a_reference_pickle(tmp_path):
@@ -106,7 +116,7 @@ def test_literal_mode_reads_a_reference_pickle(tmp_path):
                       classname=item.classname, check_file=False)
         datum._label = 2 if position == 0 else item.label  # the reference corrupted item 0 only
         foreign.append(datum)
-    path = noise_cache_path(folder, 4, 1, 1, literal=True)
+    path = reference_noise_path(folder, 4, 1, 1)
     assert osp.basename(path) == "shot_4-numfp_1-seed_1.pkl"  # the reference's name
     import os
 

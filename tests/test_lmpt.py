@@ -15,7 +15,7 @@ from vlprompt import clip
 from vlprompt import parse_test_res
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
-from engine_helpers import REPO_ROOT, run_train
+from helpers import REPO_ROOT, run_train
 from lmpt_helpers import link_lmpt_images
 from vlprompt.trainers.common import prompt_trainer
 from vlprompt.trainers.common.multilabel_losses import ClassSpecificEmbeddingLoss, asymmetric_loss, bce_loss, focal_loss

@@ -32,8 +32,8 @@ from vlprompt.trainers.mlpt import (
     soft_cross_entropy,
 )
 
-from clip_prompt_fixtures import build, build_cfg
-from engine_helpers import REPO_ROOT, last_accuracy, run_train
+from helpers import build, build_cfg
+from helpers import REPO_ROOT, last_accuracy, run_train
 
 TINY_CONFIG = "configs/trainers/MLPT/tiny_vit_ctx4_csc_ep40.yaml"
 SYNTHETIC_YAML = osp.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
@@ -210,14 +210,14 @@ def test_one_text_pass_step_equals_reference_six_pass_step(small_trainer):
 
     captured = {}
     before = {b: getattr(model, b).ctx.detach().clone() for b in BRANCHES}
-    original = trainer.update_branch
-    trainer.update_branch = lambda loss, branch: captured.update(
-        loss=loss.item(), branch=branch, grad=torch.autograd.grad(loss, getattr(model, branch).ctx)[0])
+    original = trainer.backward_and_update
+    trainer.backward_and_update = lambda loss, names: captured.update(
+        loss=loss.item(), names=names, grad=torch.autograd.grad(loss, getattr(model, names[0]).ctx)[0])
     try:
         summary = trainer.codivide_step(BRANCHES[0], batch_x, BRANCHES[1], weights, iter([batch_u]))
     finally:
-        trainer.update_branch = original
-    assert captured["branch"] == BRANCHES[0]
+        trainer.backward_and_update = original
+    assert captured["names"] == [BRANCHES[0]]
     assert captured["loss"] == pytest.approx(loss.item(), rel=1e-5)
     scale = expected_grad.abs().max().item()  # float32 sums in another order: compare at the gradient's scale
     torch.testing.assert_close(captured["grad"], expected_grad, rtol=1e-4, atol=1e-4 * scale)
@@ -232,14 +232,14 @@ def test_empty_splits_are_guarded(small_trainer, caplog):
     n = len(trainer.pool)
     before = trainer.model.prompt_learner1.ctx.detach().clone()
     with caplog.at_level(logging.WARNING, logger="vlprompt.trainers.mlpt"):
-        trainer.train_on_division(BRANCHES[0], BRANCHES[1], np.zeros(n))  # nothing clean: warm-up epoch
+        trainer.run_loader(trainer.division_pass(BRANCHES[0], BRANCHES[1], np.zeros(n)))  # nothing clean: warm-up
     assert "predicts no clean sample" in caplog.text
     assert not torch.equal(before, trainer.model.prompt_learner1.ctx.detach())
     seen = []
     original = trainer.codivide_step
     trainer.codivide_step = lambda *args: seen.append(args[-1]) or original(*args)
     try:
-        trainer.train_on_division(BRANCHES[1], BRANCHES[0], np.ones(n))  # everything clean: no unlabelled set
+        trainer.run_loader(trainer.division_pass(BRANCHES[1], BRANCHES[0], np.ones(n)))  # all clean: no unlabelled
     finally:
         trainer.codivide_step = original
     assert seen and all(it is None for it in seen)
@@ -319,7 +319,7 @@ def test_warmup_step_uses_ce_or_gce_on_one_branch(data_root, tmp_path, robust):
     p_y = logits.softmax(1).gather(1, batch["label"].unsqueeze(1)).squeeze(1)
     expected = ((1 - (p_y + 1e-6) ** 0.5) / 0.5).mean() if robust else -p_y.log().mean()
     captured = {}
-    trainer.update_branch = lambda loss, branch: captured.update(loss=loss.item(), branch=branch)
+    trainer.backward_and_update = lambda loss, names: captured.update(loss=loss.item(), names=names)
     summary = trainer.warmup_step(BRANCHES[1], batch)
-    assert captured == {"loss": pytest.approx(expected.item(), rel=1e-5), "branch": BRANCHES[1]}
+    assert captured == {"loss": pytest.approx(expected.item(), rel=1e-5), "names": [BRANCHES[1]]}
     assert set(summary) == {"loss2", "acc2"}

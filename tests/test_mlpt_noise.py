@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 
-from engine_helpers import REPO_ROOT, last_accuracy, run_train
+from helpers import REPO_ROOT, last_accuracy, run_train
 
 CONFIG = osp.join(REPO_ROOT, "configs", "trainers", "MLPT", "tiny_vit_ctx4_csc_ep40.yaml")
 SYNTHETIC_YAML = osp.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")

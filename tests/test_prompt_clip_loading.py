@@ -10,11 +10,8 @@ import torch.nn.functional as F
 
 from vlprompt import clip
 from vlprompt.clip.pretrain_tiny import PretrainConfig, contrastive_loss, pretrain_tiny_clip, save_state_dict
-from clip_prompt_fixtures import single_thread  # noqa: F401
 from vlprompt.trainers.common.clip_loading import (BackboneNotFoundError, cast_clip, load_clip_to_cpu, pretrained_tiny_path,
                                           resolve_backbone, resolve_precision)
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_pretraining_is_deterministic_and_clip_load_reproduces_it(tmp_path, monkeypatch):

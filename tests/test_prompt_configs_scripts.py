@@ -17,17 +17,17 @@ import sys
 import pytest
 import yaml
 
-from clip_prompt_fixtures import REPO, build_cfg
+from helpers import REPO_ROOT, build_cfg
 from dassl.data.datasets import DATASET_REGISTRY
 
 BACKBONES = {"rn50": "RN50", "rn101": "RN101", "vit_b32": "ViT-B/32", "vit_b16": "ViT-B/16",
              "tiny_vit": "tiny-vit-synthetic"}
-SCRIPTS = sorted(glob.glob(osp.join(REPO, "scripts", "co*", "*.sh"))) + [osp.join(REPO, "scripts", "demo.sh"),
-                                                                          osp.join(REPO, "scripts", "lib.sh")]
+SCRIPTS = sorted(glob.glob(osp.join(REPO_ROOT, "scripts", "co*", "*.sh"))) + [osp.join(REPO_ROOT, "scripts", "demo.sh"),
+                                                                          osp.join(REPO_ROOT, "scripts", "lib.sh")]
 
 
 def _configs(trainer: str) -> list[str]:
-    return sorted(glob.glob(osp.join(REPO, "configs", "trainers", trainer, "*.yaml")))
+    return sorted(glob.glob(osp.join(REPO_ROOT, "configs", "trainers", trainer, "*.yaml")))
 
 
 def test_every_registered_dataset_has_a_config():
@@ -35,19 +35,19 @@ def test_every_registered_dataset_has_a_config():
     from vlprompt import datasets  # noqa: F401  (registers every dataset)
 
     names = {yaml.safe_load(open(path))["DATASET"]["NAME"]
-             for path in glob.glob(osp.join(REPO, "configs", "datasets", "*.yaml"))}
+             for path in glob.glob(osp.join(REPO_ROOT, "configs", "datasets", "*.yaml"))}
     missing = sorted(set(DATASET_REGISTRY.registered_names()) - names)
     assert not missing, f"no configs/datasets/*.yaml sets DATASET.NAME to {missing}"
     for stem in ("caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101", "imagenet", "imagenet_a", "imagenet_r",
                  "imagenet_sketch", "imagenetv2", "oxford_flowers", "oxford_pets", "stanford_cars", "sun397", "ucf101"):
-        assert osp.isfile(osp.join(REPO, "configs", "datasets", f"{stem}.yaml")), stem  # CoOp's file stems
+        assert osp.isfile(osp.join(REPO_ROOT, "configs", "datasets", f"{stem}.yaml")), stem  # CoOp's file stems
 
 
 @pytest.mark.parametrize("path", _configs("CoOp"), ids=osp.basename)
 def test_coop_configs(path, tmp_path):
     """Each CoOp YAML merges and holds what its name and coop_family.md §6.3 say."""
     name = osp.splitext(osp.basename(path))[0]
-    cfg = build_cfg("CoOp", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
+    cfg = build_cfg("CoOp", osp.relpath(path, REPO_ROOT), str(tmp_path), str(tmp_path))
     assert cfg.MODEL.BACKBONE.NAME == BACKBONES[re.match(r"(rn\d+|vit_b\d+|tiny_vit)", name).group(1)]
     if name == "rn50_val":
         assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 200 and cfg.DATALOADER.TEST.BATCH_SIZE == 200
@@ -66,7 +66,7 @@ def test_coop_configs(path, tmp_path):
 def test_cocoop_configs(path, tmp_path):
     """Each CoCoOp YAML merges; _c<M>_ep<E>_batch<B> and ctxv1 match its keys (§6.4 for the ViT-B/16 ones)."""
     name = osp.splitext(osp.basename(path))[0]
-    cfg = build_cfg("CoCoOp", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
+    cfg = build_cfg("CoCoOp", osp.relpath(path, REPO_ROOT), str(tmp_path), str(tmp_path))
     n_ctx, epochs, batch = (int(x) for x in re.search(r"_c(\d+)_ep(\d+)_batch(\d+)", name).groups())
     assert (cfg.TRAINER.COCOOP.N_CTX, cfg.OPTIM.MAX_EPOCH, cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == (n_ctx, epochs, batch)
     assert cfg.TRAINER.COCOOP.CTX_INIT == ("a photo of a" if name.endswith("ctxv1") else "")
@@ -79,18 +79,18 @@ def test_cocoop_configs(path, tmp_path):
 def test_zeroshot_configs(path, tmp_path):
     """Each ZeroshotCLIP YAML merges and names its backbone."""
     name = osp.splitext(osp.basename(path))[0]
-    cfg = build_cfg("ZeroshotCLIP", osp.relpath(path, REPO), str(tmp_path), str(tmp_path))
+    cfg = build_cfg("ZeroshotCLIP", osp.relpath(path, REPO_ROOT), str(tmp_path), str(tmp_path))
     assert cfg.MODEL.BACKBONE.NAME == BACKBONES[name]
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: osp.relpath(p, REPO))
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: osp.relpath(p, REPO_ROOT))
 def test_scripts_parse(script):
     """bash -n accepts every CoOp-family script."""
     assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
 
 
 def _run(script: str, *args: str, env: dict) -> str:
-    result = subprocess.run(["bash", osp.join(REPO, "scripts", script), *args], capture_output=True, text=True,
+    result = subprocess.run(["bash", osp.join(REPO_ROOT, "scripts", script), *args], capture_output=True, text=True,
                             env=env, cwd=str(env["HOME"]), timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from vlprompt import clip
-from clip_prompt_fixtures import single_thread, tiny_clip_fp32  # noqa: F401
+from helpers import tiny_clip_fp32
 from vlprompt.trainers.common.prompt_clip import PromptCLIP
 from vlprompt.trainers.common.prompt_learner import PromptLearnerBase, layout_index
 from vlprompt.trainers.common.text_encoder import TextEncoder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 # Names of 2, 1, 4 and 1 BPE tokens ("_" reads as a space), so the layouts move tokens by different amounts.
 CLASSNAMES = ["red circle", "dog", "a_very_long_name", "x"]
 N_CTX = 4

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from clip_prompt_fixtures import (build_cfg, data_root, eval_only, pretrained_tiny_dir,  # noqa: F401
-                                  single_thread, train_and_test)
+from helpers import build_cfg, eval_only, train_and_test
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 BASE = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"]
 
 

@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt import clip
-from clip_prompt_fixtures import build, build_cfg, data_root, single_thread, tiny_clip_fp32  # noqa: F401
+from helpers import build, build_cfg, tiny_clip_fp32
 from vlprompt.trainers.common.text_features import class_text_features
 from vlprompt.trainers.imagenet_templates import IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_SELECT
 from vlprompt.trainers.zsclip import CUSTOM_TEMPLATES
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 TINY_ZS = "configs/trainers/ZeroshotCLIP/tiny_vit.yaml"
 
 

@@ -25,7 +25,7 @@ from yacs.config import CfgNode as CN
 from dassl.config import register_cfg_defaults
 from dassl.engine import TRAINER_REGISTRY
 
-from .common.prompt_clip import l2_normalize
+from .common.custom_clip import CustomCLIP, l2_normalize
 from .common.prompt_learner import PromptLearnerBase
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.text_encoder import TextEncoder
@@ -84,21 +84,17 @@ class CoCoOpPromptLearner(PromptLearnerBase):
         return self.construct_prompts(ctx, seq_len)  # (B, n_cls, L, D)
 
 
-class CoCoOpCLIP(nn.Module):
+class CoCoOpCLIP(CustomCLIP):
     """``images (B, 3, R, R) -> logits (B, n_cls)`` with image-conditioned prompts; never a loss."""
+
+    per_image_text = True  # every image has its own class prompts
 
     def __init__(self, prompt_learner: CoCoOpPromptLearner, text_encoder: TextEncoder, clip_model: nn.Module,
                  text_chunk_size: int = 0) -> None:
-        super().__init__()
+        super().__init__(clip_model)
         self.prompt_learner = prompt_learner
-        self.image_encoder = clip_model.visual
         self.text_encoder = text_encoder
-        self.logit_scale = clip_model.logit_scale
         self.text_chunk_size = text_chunk_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text_encoder.dtype
 
     def _logits(self, image_features: Tensor) -> Tensor:
         """Logits ``(b, n_cls)`` of normalised image features ``(b, E)``: one text-encoder call for b x n_cls."""
@@ -111,18 +107,11 @@ class CoCoOpCLIP(nn.Module):
         text_features = l2_normalize(text_features).view(batch, n_cls, -1)  # (b, n_cls, E)
         return self.logit_scale.exp() * torch.einsum("be,bce->bc", image_features, text_features)  # (b, n_cls)
 
-    def encode_image(self, image: Tensor) -> Tensor:
-        """L2-normalised image features ``(B, E)`` of the frozen image tower."""
-        return l2_normalize(self.image_encoder(image.to(self.dtype)))
-
     def logits_from_image_features(self, image_features: Tensor) -> Tensor:
         """Logits ``(B, n_cls)`` of normalised features ``(B, E)``, chunked by ``text_chunk_size``."""
         n_cls = self.prompt_learner.n_cls
         per_chunk = max(1, self.text_chunk_size // n_cls) if self.text_chunk_size > 0 else image_features.shape[0]
         return torch.cat([self._logits(chunk) for chunk in image_features.split(per_chunk)])  # (B, n_cls)
-
-    def forward(self, image: Tensor) -> Tensor:
-        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)
 
 
 @TRAINER_REGISTRY.register()

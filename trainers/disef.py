@@ -34,12 +34,12 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from dassl.config import register_cfg_defaults
 from dassl.data.data_manager import build_data_loader
 from dassl.data.datasets import Datum
 from dassl.engine import TRAINER_REGISTRY
+from dassl.utils import progress
 
 from .common.disef_generation import kept_images, low_f1_classes
 from .common.lora_trainer import LoRATrainer, lora_cfg_node
@@ -137,10 +137,10 @@ class DISEF(LoRATrainer):
         super().check_cfg(cfg)
 
     # ------------------------------------------------------------------ synthetic data
-    def synthetic_datums(self, classes: Optional[Sequence[int]]) -> list[Datum]:
+    def synthetic_datums(self, classnames: Sequence[str], classes: Optional[Sequence[int]]) -> list[Datum]:
         """Kept images of ``SYN_DIR`` for the current classes (matched by name), at most MAX_SYN_PER_CLASS each."""
         node = self.cfg.TRAINER.DISEF
-        by_name = {_normalise(name): label for label, name in enumerate(self.dm.dataset.classnames)}
+        by_name = {_normalise(name): label for label, name in enumerate(classnames)}
         allowed = set(range(len(by_name))) if classes is None else set(classes)
         datums = []
         for name, paths in kept_images(node.SYN_DIR).items():
@@ -148,24 +148,24 @@ class DISEF(LoRATrainer):
             if label is None or label not in allowed:
                 continue  # e.g. a novel class, or a class above the F1 threshold
             paths = paths[:node.MAX_SYN_PER_CLASS] if node.MAX_SYN_PER_CLASS > 0 else paths
-            classname = self.dm.dataset.classnames[label]
+            classname = classnames[label]
             datums += [Datum(impath=p, label=label, domain=SYNTHETIC_DOMAIN, classname=classname) for p in paths]
         logger.info(f"Synthetic images: {len(datums)} for {len({d.label for d in datums})} classes from {node.SYN_DIR}")
         return datums
 
     @torch.no_grad()
-    def zero_shot_f1_classes(self, threshold: float) -> list[int]:
+    def zero_shot_f1_classes(self, dm, threshold: float) -> list[int]:
         """Classes whose zero-shot val F1 is below ``threshold``, with CLIP before LoRA and this run's prompt."""
         from .common.clip_loading import load_clip_to_cpu
 
-        if self.val_loader is None:
+        if dm.val_loader is None:
             raise ValueError("TRAINER.DISEF.F1_THRESHOLD needs a validation split; this dataset has none")
         clip_model = load_clip_to_cpu(self.cfg.MODEL.BACKBONE.NAME).to(self.device)
-        classnames = self.dm.dataset.classnames
+        classnames = dm.dataset.classnames
         text = class_text_features(clip_model, classnames, [self.template()],
                                    truncate_at_eot=self.cfg.MODEL.TEXT_ENCODER_TRUNCATE)  # (n_cls, E)
         labels, predictions = [], []
-        for batch in tqdm(self.val_loader, desc="zero-shot F1 (val)", leave=False):
+        for batch in progress(dm.val_loader, "zero-shot F1 (val)"):
             image = clip_model.encode_image(batch["img"].to(self.device)).float()
             predictions += (image @ text.t().float()).argmax(dim=-1).tolist()
             labels += batch["label"].tolist()
@@ -174,24 +174,24 @@ class DISEF(LoRATrainer):
                     f"{[classnames[c] for c in classes]}")
         return classes
 
-    def build_train_loader(self):
+    def build_train_loader(self, dm):
         node, cfg = self.cfg.TRAINER.DISEF, self.cfg
         if not node.SYN_DIR:
             logger.warning("TRAINER.DISEF.SYN_DIR is empty: training on real images only (DISEF w/o synthetic data)")
-            return self.train_loader_x
-        classes = self.zero_shot_f1_classes(node.F1_THRESHOLD) if node.F1_THRESHOLD > 0 else None
-        synthetic = self.synthetic_datums(classes)
+            return dm.train_loader_x
+        classes = self.zero_shot_f1_classes(dm, node.F1_THRESHOLD) if node.F1_THRESHOLD > 0 else None
+        synthetic = self.synthetic_datums(dm.dataset.classnames, classes)
         if not synthetic:
             logger.warning("No synthetic image for the current classes: training on real images only")
-            return self.train_loader_x
+            return dm.train_loader_x
         x = cfg.DATALOADER.TRAIN_X
         if node.BATCHING == "mixed":
-            return build_data_loader(cfg, sampler_type=x.SAMPLER, data_source=self.dm.dataset.train_x + synthetic,
-                                     batch_size=x.BATCH_SIZE, tfm=self.dm.tfm_train, is_train=True)
+            return build_data_loader(cfg, sampler_type=x.SAMPLER, data_source=dm.dataset.train_x + synthetic,
+                                     batch_size=x.BATCH_SIZE, tfm=dm.tfm_train, is_train=True)
         syn_loader = build_data_loader(cfg, sampler_type="RandomSampler", data_source=synthetic,
-                                       batch_size=node.SYN_BATCH_SIZE or x.BATCH_SIZE, tfm=self.dm.tfm_train,
+                                       batch_size=node.SYN_BATCH_SIZE or x.BATCH_SIZE, tfm=dm.tfm_train,
                                        is_train=True)
-        return PairedLoader(self.train_loader_x, syn_loader, longest=node.BATCHING == "paired-max")
+        return PairedLoader(dm.train_loader_x, syn_loader, longest=node.BATCHING == "paired-max")
 
     # ------------------------------------------------------------------ training step
     def parse_batch_train(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:

@@ -52,7 +52,7 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import is_main_process
 
 from .common.discrete_prompt import SELECT_MODES, DiscretePrompt, RoundTripOracle, default_oracle
-from .common.prompt_clip import cosine_logits, l2_normalize
+from .common.custom_clip import CustomCLIP, cosine_logits, l2_normalize
 from .common.prompt_learner import PLACEHOLDER, PromptLearnerBase
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.text_encoder import TextEncoder
@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = ("partial", "pure")
 INIT_MODES = ("normal", "spike")
-RESNET_BACKBONES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "tiny-rn", "tiny-rn-synthetic")
 
 
 @register_cfg_defaults
@@ -165,23 +164,19 @@ class DPTPromptLearner(PromptLearnerBase):
         return prompt_record(self.emb_toggler.select().ids.tolist(), self.tail_ids, self.emb_toggler.oracle)
 
 
-class DPTCLIP(nn.Module):
+class DPTCLIP(CustomCLIP):
     """``images (B, 3, R, R) -> logits (B, n_cls)``: discrete text prompt, optional shared visual prompt."""
+
+    per_image_text = False
 
     def __init__(self, prompt_learner: DPTPromptLearner, text_encoder: TextEncoder, clip_model: nn.Module,
                  shared_visual: bool = True) -> None:
-        super().__init__()
+        super().__init__(clip_model)
         self.prompt_learner = prompt_learner
-        self.image_encoder = clip_model.visual
         self.text_encoder = text_encoder
-        self.logit_scale = clip_model.logit_scale
         self.shared_visual = shared_visual
         self.last_ids: tuple[int, ...] = ()
         self._text_cache: Optional[tuple[tuple[int, ...], Tensor]] = None  # (ids, text features), no-grad only
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text_encoder.dtype
 
     def text_features(self, prompts: Tensor, ids: tuple[int, ...]) -> Tensor:
         """Normalised class text features ``(n_cls, E)``; without grad they are reused while the ids stay the same."""
@@ -191,16 +186,24 @@ class DPTCLIP(nn.Module):
         self._text_cache = None if torch.is_grad_enabled() else (ids, features)
         return features
 
-    def encode_image(self, image: Tensor, ctx: Tensor) -> Tensor:
-        """Normalised image features ``(B, E)``, with the shared visual prompt when ``shared_visual``."""
+    def encode_image(self, image: Tensor, ctx: Optional[Tensor] = None) -> Tensor:
+        """Normalised image features ``(B, E)``, with the shared visual prompt (``proj(ctx)``, the current
+        selection's when ``ctx`` is None) when ``shared_visual``."""
         image = image.to(self.dtype)
         if not self.shared_visual:
             return l2_normalize(self.image_encoder(image))
+        if ctx is None:
+            ctx = self.prompt_learner()[1]
         prompt_tokens = self.prompt_learner.visual_prompts(ctx)  # (1, n_ctx, vis_width)
         return l2_normalize(self.image_encoder(image, prompt_tokens=prompt_tokens))
 
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
+        prompts, _, ids = self.prompt_learner()
+        self.last_ids = tuple(ids.tolist())
+        return cosine_logits(image_features, self.text_features(prompts, self.last_ids), self.logit_scale)
+
     def forward(self, image: Tensor) -> Tensor:
-        prompts, ctx, ids = self.prompt_learner()
+        prompts, ctx, ids = self.prompt_learner()  # one selection serves both towers
         self.last_ids = tuple(ids.tolist())
         text_features = self.text_features(prompts, self.last_ids)
         return cosine_logits(self.encode_image(image, ctx), text_features, self.logit_scale)  # (B, n_cls)
@@ -235,7 +238,8 @@ class DPT(ClipPromptTrainer):
         if node.MAX_SELECT_ITERS < 1 or node.TOPK < 2:
             raise ValueError(f"TRAINER.DPT.MAX_SELECT_ITERS={node.MAX_SELECT_ITERS} / TOPK={node.TOPK}; "
                              "use MAX_SELECT_ITERS >= 1 and TOPK >= 2")
-        if node.SHARED_VISUAL and cfg.MODEL.BACKBONE.NAME in RESNET_BACKBONES:
+        backbone = clip.backbone_info(cfg.MODEL.BACKBONE.NAME)
+        if node.SHARED_VISUAL and backbone is not None and backbone.is_resnet:
             raise ValueError(f"TRAINER.DPT.SHARED_VISUAL needs a ViT but MODEL.BACKBONE.NAME="
                              f"{cfg.MODEL.BACKBONE.NAME}; use a ViT or set TRAINER.DPT.SHARED_VISUAL False")
         if cfg.DATALOADER.K_TRANSFORMS != 1:
@@ -276,17 +280,15 @@ class DPT(ClipPromptTrainer):
         self._previous_ids = ids
         return summary
 
-    def after_epoch(self) -> None:
+    def end_of_epoch(self) -> None:
         record = self.model.prompt_learner.describe()
         fallbacks = self.model.prompt_learner.emb_toggler.fallbacks
         note = f" ({self._prompt_changes} changes during the epoch" + (
             f", {fallbacks} capped selections so far)" if fallbacks else ")")
         self.log_prompt(f"DPT prompt after epoch {self.epoch + 1}/{self.max_epoch}", record, note)
         self.write_scalar("train/prompt_changes", self._prompt_changes, self.epoch + 1)
-        if self._writer is not None:
-            self._writer.add_text("train/prompt", f'"{record["prompt"]}" -> "{record["template"]}"', self.epoch + 1)
+        self.write_text("train/prompt", f'"{record["prompt"]}" -> "{record["template"]}"', self.epoch + 1)
         self._prompt_changes = 0
-        super().after_epoch()
 
     def log_prompt(self, what: str, record: dict, note: str = "") -> None:
         logger.info(f'{what}: "{record["prompt"]}" -> "{record["template"]}" ids {record["ids"]}{note}')

@@ -46,17 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchvision.transforms import (Compose, Normalize, RandAugment, RandomCrop, RandomHorizontalFlip, Resize,
                                     ToTensor)
-from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
-from dassl.data import DataManager
 from dassl.data.transforms import INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import is_distributed, load_checkpoint
+from dassl.utils import is_distributed, load_checkpoint, progress
 from vlprompt.datasets.cifar_lt import CIFAR_SIDE
 
 from .common.prompt_clip import PromptCLIP
@@ -149,6 +146,7 @@ class LangevinCoOp(ClipPromptTrainer):
     """
 
     LEARNABLE = ("prompt_learner",)
+    CLI_FLAGS = {"--init-from": ("TRAINER.LANGEVINCOOP.INIT_FROM", "phase 2: the phase-1 prompt checkpoint to start from")}
 
     # ------------------------------------------------------------------ config and data
     def check_cfg(self, cfg) -> None:
@@ -184,19 +182,17 @@ class LangevinCoOp(ClipPromptTrainer):
             raise ValueError(f"{name}.AUGMENT={node.AUGMENT!r}; choose one of {', '.join(AUGMENTS)}")
         super().check_cfg(cfg)
 
-    def build_data_loader(self) -> None:
-        cfg, node = self.cfg, self.cfg.TRAINER.LANGEVINCOOP
-        tfm_train, tfm_test = reference_transforms(cfg) if node.AUGMENT == "reference" else (None, None)
-        dm = DataManager(cfg, custom_tfm_train=tfm_train, custom_tfm_test=tfm_test)
-        self.train_loader_x = dm.train_loader_x
-        if not node.TRAIN_DROP_LAST and dm.train_loader_x.drop_last:
-            x = dm.train_loader_x
-            self.train_loader_x = DataLoader(x.dataset, batch_size=x.batch_size, sampler=x.sampler, drop_last=False,
-                                             num_workers=x.num_workers, pin_memory=x.pin_memory,
-                                             persistent_workers=x.persistent_workers)
-        self.train_loader_u, self.val_loader, self.test_loader = dm.train_loader_u, dm.val_loader, dm.test_loader
-        self.num_classes, self.num_source_domains = dm.num_classes, dm.num_source_domains
-        self.lab2cname, self.dm = dm.lab2cname, dm
+    def build_train_transform(self):
+        return reference_transforms(self.cfg)[0] if self.cfg.TRAINER.LANGEVINCOOP.AUGMENT == "reference" else None
+
+    def build_test_transform(self):
+        return reference_transforms(self.cfg)[1] if self.cfg.TRAINER.LANGEVINCOOP.AUGMENT == "reference" else None
+
+    def build_data_manager(self):
+        dm = super().build_data_manager()
+        if not self.cfg.TRAINER.LANGEVINCOOP.TRAIN_DROP_LAST and dm.train_loader_x.drop_last:
+            dm.set_split("train_x", dm.split_items["train_x"], drop_last=False)  # the reference keeps it
+        return dm
 
     # ------------------------------------------------------------------ model
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
@@ -276,7 +272,8 @@ class LangevinCoOp(ClipPromptTrainer):
         self.optim.set_noise_mode(noise_mode)
         self.epoch_stats = {"loss": 0.0, "correct": 0.0, "n": 0}
 
-    def after_epoch(self) -> None:
+    def end_of_epoch(self) -> None:
+        """Epoch scalars, the sample bank, the saved prompt and the periodic test (before Dassl's checkpoint)."""
         node, e = self.cfg.TRAINER.LANGEVINCOOP, self.epoch
         last = e + 1 == self.max_epoch
         stats = self.epoch_stats
@@ -290,7 +287,6 @@ class LangevinCoOp(ClipPromptTrainer):
             self.save_prompt(e)
         if node.EVAL_FREQ > 0 and e > 0 and e % node.EVAL_FREQ == 0 and not last and not self.cfg.TEST.NO_TEST:
             self.test()
-        super().after_epoch()  # Dassl checkpoint (TRAIN.CHECKPOINT_FREQ, last epoch) -> save_model -> bank.prune
 
     def save_prompt(self, epoch: int) -> None:
         """``saved_prompts/prompt_epoch_<epoch>.pth``: the prompt after epoch index ``epoch`` (a phase-2 start)."""
@@ -313,16 +309,11 @@ class LangevinCoOp(ClipPromptTrainer):
             self.bank.restore(before_epoch=epoch)  # Dassl's epoch N = after N epochs: sample indices < N
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def image_features(self, split: str, loader) -> Tuple[Tensor, Tensor]:
         """L2-normalised image features ``(N, E)`` and labels ``(N,)`` of ``split``, encoded once per run."""
         if split not in self.eval_features:
-            features, labels = [], []
-            for batch in tqdm(loader, desc=f"encode {split} images", leave=False):
-                image, label = self.parse_batch_test(batch)
-                features.append(self.model.encode_image(image).float())
-                labels.append(label)
-            self.eval_features[split] = (torch.cat(features), torch.cat(labels))
+            features, labels = self.encode_split(split, loader)
+            self.eval_features[split] = (features.to(self.device).float(), labels.to(self.device))
         return self.eval_features[split]
 
     def logits(self, image_features: Tensor) -> Tensor:
@@ -333,19 +324,14 @@ class LangevinCoOp(ClipPromptTrainer):
     def test(self, split: Optional[str] = None) -> float:
         """One-model and K-model accuracy (overall and many/medium/few) over every image of ``split``."""
         self.set_model_mode("eval")
-        split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            loader = self.val_loader
-        else:
-            split, loader = "test", self.test_loader
+        split, loader, _ = self.eval_split(split)
         logger.info(f"Evaluate on the *{split}* set")
         features, labels = self.image_features(split, loader)
         logits = self.logits(features)  # (N, C)
         self.evaluator.reset()
         self.evaluator.process(logits, labels)
         results = self.evaluator.evaluate()  # Dassl's "=> result" block over all N images
-        for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.write_results(split, results)
         pred = logits.argmax(dim=1)
         self.last_results = {"one_model": {"total": len(labels), "accuracy": results["accuracy"],
                                            **self.report_groups("OneModel", "", pred, labels, split)}}
@@ -383,7 +369,7 @@ class LangevinCoOp(ClipPromptTrainer):
         current = {k: v.clone() for k, v in self.prompt_learner.state_dict().items()}
         curve = []
         try:
-            for _, state in tqdm(list(reversed(self.bank.items())), desc="ensemble", leave=False):  # newest first
+            for _, state in progress(list(reversed(self.bank.items())), "ensemble"):  # newest first
                 self.prompt_learner.load_state_dict(state)
                 votes.add_logits(self.logits(features))
                 curve.append(100.0 * (votes.hard() == labels).double().mean().item())

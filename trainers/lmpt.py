@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,6 @@ from yacs.config import CfgNode as CN
 from vlprompt import clip
 from vlprompt.clip.clip import CONTEXT_LENGTH
 from dassl.config import register_cfg_defaults
-from dassl.data import DataManager
-from dassl.data.data_manager import build_data_loader
 from dassl.data.transforms import INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -221,7 +219,6 @@ class LMPT(ClipPromptTrainer):
     """
 
     LEARNABLE = ("prompt_learner",)
-    _plateau: Optional[ReduceLROnPlateau] = None
 
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER.LMPT
@@ -253,23 +250,22 @@ class LMPT(ClipPromptTrainer):
         super().check_cfg(cfg)
 
     # ------------------------------------------------------------------ data
-    def build_data_loader(self) -> None:
-        """Dassl's loaders, with the squash test transform, the hold-out val split and the caption tokens."""
+    def build_test_transform(self):
+        """LMPT squashes test images to ``INPUT.SIZE`` (``SQUASH_TEST_RESIZE``); else Dassl's transform."""
+        return squash_test_transform(self.cfg) if self.cfg.TRAINER.LMPT.SQUASH_TEST_RESIZE else None
+
+    def build_data_manager(self):
+        """Dassl's loaders with the hold-out val split, and the caption tokens of the training images."""
         cfg, node = self.cfg, self.cfg.TRAINER.LMPT
-        dm = DataManager(cfg, custom_tfm_test=squash_test_transform(cfg) if node.SQUASH_TEST_RESIZE else None)
+        dm = super().build_data_manager()
         dataset = dm.dataset
         if not dataset.train_x[0].is_multilabel:
             raise ValueError(f"LMPT needs a multi-label dataset (Datum labels as tuples); {cfg.DATASET.NAME} is not")
         train_items = dataset.train_x
         if node.VAL_SOURCE == "train_holdout":
             train_items, val_items = holdout_split(dataset.train_x, node.VAL_FRACTION, node.VAL_SEED)
-            x, t = cfg.DATALOADER.TRAIN_X, cfg.DATALOADER.TEST
-            dm.train_loader_x = build_data_loader(
-                cfg, sampler_type=x.SAMPLER, data_source=train_items, batch_size=x.BATCH_SIZE, n_domain=x.N_DOMAIN,
-                n_ins=x.N_INS, tfm=dm.tfm_train, is_train=True, num_classes=dataset.num_classes)
-            dm.val_loader = build_data_loader(
-                cfg, sampler_type=t.SAMPLER, data_source=val_items, batch_size=t.BATCH_SIZE, tfm=dm.tfm_test,
-                is_train=False, num_classes=dataset.num_classes)
+            dm.set_split("train_x", train_items)
+            dm.set_split("val", val_items)
             logger.info(f"Model selection on {len(val_items)} held-out training images (VAL_FRACTION "
                         f"{node.VAL_FRACTION}, VAL_SEED {node.VAL_SEED}); training on {len(train_items)}")
         else:
@@ -283,10 +279,7 @@ class LMPT(ClipPromptTrainer):
                                  f"{missing[0]}); LMPT's CSE loss needs one, or set TRAINER.LMPT.USE_CSE False")
             # Row i belongs to train_loader_x's data_source[i]; batches carry that index.
             self.caption_tokens = tokenize_captions([item.caption for item in train_items], node.CAPTION_MAX_CHARS)
-        self.train_loader_x, self.train_loader_u = dm.train_loader_x, dm.train_loader_u
-        self.val_loader, self.test_loader = dm.val_loader, dm.test_loader
-        self.num_classes, self.num_source_domains = dm.num_classes, dm.num_source_domains
-        self.lab2cname, self.dm = dm.lab2cname, dm
+        return dm
 
     # ------------------------------------------------------------------ model and losses
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
@@ -336,9 +329,9 @@ class LMPT(ClipPromptTrainer):
         node = self.cfg.TRAINER.LMPT.PLATEAU
         if not node.ENABLED:
             return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
-        self._plateau = ReduceLROnPlateau(optim, mode="max", factor=node.FACTOR, patience=node.PATIENCE,
-                                          min_lr=node.MIN_LR)
-        return optim, self._plateau
+        # The engine steps it with each epoch's val mAP (and validates every epoch because it exists).
+        return optim, ReduceLROnPlateau(optim, mode="max", factor=node.FACTOR, patience=node.PATIENCE,
+                                        min_lr=node.MIN_LR)
 
     # ------------------------------------------------------------------ training
     def forward_backward(self, batch) -> dict[str, float]:
@@ -355,31 +348,4 @@ class LMPT(ClipPromptTrainer):
             loss = lam * loss_cls + (1 - lam) * loss_cse
             summary["loss_cse"] = loss_cse.item()
         self.backward_and_update(loss)
-        summary = {"loss": loss.item(), **summary}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
-
-    def update_lr(self, names=None) -> None:
-        """Epoch-end step of Dassl schedulers; the plateau schedule steps in ``after_epoch`` on the val mAP."""
-        for name in self.get_model_names(names):
-            sched = self._scheds[name]
-            if sched is not None and not isinstance(sched, ReduceLROnPlateau):
-                sched.step()
-
-    def after_epoch(self) -> None:
-        """Dassl's ``after_epoch`` (best-val checkpoint, periodic/last checkpoint) + the plateau step before saving."""
-        cfg = self.cfg
-        select_best = not cfg.TEST.NO_TEST and cfg.TEST.FINAL_MODEL == "best_val"
-        if select_best or self._plateau is not None:
-            result = self.test(split="val")
-            if self._plateau is not None:
-                self._plateau.step(result)
-            if select_best and result > self.best_result:
-                self.best_result = result
-                logger.info(f"New best val mAP {result:.2f}% at epoch {self.epoch + 1}")
-                self.save_model(self.epoch, self.output_dir, val_result=result, model_name="model-best.pth.tar")
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        freq = cfg.TRAIN.CHECKPOINT_FREQ
-        if last_epoch or (freq > 0 and (self.epoch + 1) % freq == 0):
-            self.save_model(self.epoch, self.output_dir)
+        return {"loss": loss.item(), **summary}

@@ -39,9 +39,8 @@ import logging
 import os
 import os.path as osp
 import random
-import time
 import warnings
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -56,13 +55,12 @@ from yacs.config import CfgNode as CN
 from dassl.config import register_cfg_defaults
 from dassl.data import DatasetWrapper
 from dassl.data.data_manager import build_data_loader
-from dassl.engine import TRAINER_REGISTRY
-from dassl.engine.trainer import _EpochLogger
+from dassl.engine import TRAINER_REGISTRY, TrainingPass, cycle
 from dassl.metrics import compute_accuracy
 from dassl.utils import get_world_size
 from vlprompt.datasets import label_noise  # noqa: F401  (registers DATASET.NUM_FP / NOISE_LITERAL)
 
-from .common.prompt_clip import cosine_logits, l2_normalize
+from .common.custom_clip import CustomCLIP, cosine_logits, l2_normalize
 from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.text_encoder import TextEncoder
@@ -207,23 +205,15 @@ def detection_stats(prob_clean: np.ndarray, pred_clean: np.ndarray, is_noisy: np
 # ----------------------------------------------------------------------------- model
 
 
-class MLPTCLIP(nn.Module):
-    """Two prompt learners sharing one frozen CLIP; ``forward`` sums their logits (the test-time ensemble)."""
+class MLPTCLIP(CustomCLIP):
+    """Two prompt learners sharing one frozen CLIP; the logits are the sum of theirs (the test-time ensemble)."""
+
+    per_image_text = False
 
     def __init__(self, learners: Sequence[PromptLearnerBase], text_encoder: TextEncoder, clip_model: nn.Module):
-        super().__init__()
+        super().__init__(clip_model)
         self.prompt_learner1, self.prompt_learner2 = learners
-        self.image_encoder = clip_model.visual
         self.text_encoder = text_encoder
-        self.logit_scale = clip_model.logit_scale
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text_encoder.dtype
-
-    def encode_image(self, image: Tensor) -> Tensor:
-        """L2-normalised image features ``(B, E)``."""
-        return l2_normalize(self.image_encoder(image.to(self.dtype)))
 
     def encode_text(self, branch: str) -> Tensor:
         """L2-normalised class text features ``(n_cls, E)`` of ``branch`` (one of ``BRANCHES``)."""
@@ -233,8 +223,7 @@ class MLPTCLIP(nn.Module):
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         return cosine_logits(image_features, text_features, self.logit_scale).float()  # (B, n_cls)
 
-    def forward(self, image: Tensor) -> Tensor:
-        image_features = self.encode_image(image)
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
         return sum(self.logits(image_features, self.encode_text(b)) for b in BRANCHES)  # (B, n_cls)
 
 
@@ -274,18 +263,19 @@ class MLPT(ClipPromptTrainer):
         super().check_cfg(cfg)
 
     # ------------------------------------------------------------------ data and model
-    def build_data_loader(self) -> None:
+    def build_data_manager(self):
         """Dassl's loaders plus the pool (the noisy few-shot set): sequential with the test transform for the
         per-sample losses, and a train-transform view that the per-epoch splits index into."""
-        super().build_data_loader()
+        dm = super().build_data_manager()
         cfg = self.cfg
-        self.pool = list(self.dm.dataset.train_x)
+        self.pool = list(dm.dataset.train_x)
         self.pool_labels = np.array([item.label for item in self.pool])
         self.pool_is_noisy = np.array([item.label != item.true_label for item in self.pool])
         self.pool_eval_loader = build_data_loader(
             cfg, sampler_type="SequentialSampler", data_source=self.pool, batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
-            tfm=self.dm.tfm_test, is_train=False)
-        self.pool_train = DatasetWrapper(cfg, self.pool, transform=self.dm.tfm_train, is_train=True)
+            tfm=dm.tfm_test, is_train=False)
+        self.pool_train = DatasetWrapper(cfg, self.pool, transform=dm.tfm_train, is_train=True)
+        return dm
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
         node = self.cfg.TRAINER.MLPT
@@ -302,28 +292,19 @@ class MLPT(ClipPromptTrainer):
                           drop_last=len(subset) >= batch_size, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
 
     # ------------------------------------------------------------------ epochs
-    def run_epoch(self) -> None:
+    def training_passes(self):
+        """Warm-up: one CE pass per branch.  Then co-divide on both branches, and each branch trains on the
+        split the other made (both splits are computed before either update, §2.2)."""
         if self.epoch < self.cfg.TRAINER.MLPT.WARMUP_EPOCH:
             for branch in BRANCHES:
-                self.run_branch_epoch(branch, self.train_loader_x, self.warmup_step)
+                yield self.warmup_pass(branch)
             return
         probs = self.co_divide()
-        for trained, other in (BRANCHES, BRANCHES[::-1]):  # both splits were computed before either update
-            self.train_on_division(trained, other, probs[other])
+        for trained, other in (BRANCHES, BRANCHES[::-1]):
+            yield self.division_pass(trained, other, probs[other])
 
-    def run_branch_epoch(self, branch: str, loader: DataLoader, step, *extra) -> None:
-        """One pass of ``step(branch, batch, *extra)`` over ``loader``, Dassl's progress line, one lr step."""
-        self.set_model_mode("train")
-        meters = _EpochLogger(self)
-        self.num_batches = len(loader)
-        end = time.time()
-        for self.batch_idx, batch in enumerate(loader):
-            meters.data_time.update(time.time() - end)
-            meters.losses.update(step(branch, batch, *extra))
-            meters.batch_time.update(time.time() - end)
-            meters.log(self.batch_idx, self.num_batches)
-            end = time.time()
-        self.update_lr(names=[branch])
+    def warmup_pass(self, branch: str) -> TrainingPass:
+        return TrainingPass(self.train_loader_x, lambda batch: self.warmup_step(branch, batch), names=[branch])
 
     def warmup_step(self, branch: str, batch: Mapping[str, Tensor]) -> Dict[str, float]:
         """CE (or GCE) of one branch on a noisy batch (§2.1)."""
@@ -334,7 +315,7 @@ class MLPT(ClipPromptTrainer):
         with self.autocast():
             logits = self.model.logits(image_features, self.model.encode_text(branch))  # (B, C)
         loss = gce_loss(logits, label, node.GCE_Q) if node.USE_ROBUSTLOSS else F.cross_entropy(logits, label)
-        self.update_branch(loss, branch)
+        self.backward_and_update(loss, names=[branch])
         tag = branch[-1]
         return {f"loss{tag}": loss.item(), f"acc{tag}": compute_accuracy(logits, label)[0].item()}
 
@@ -369,22 +350,22 @@ class MLPT(ClipPromptTrainer):
         self.dump_losses(losses, probs)
         return probs
 
-    def train_on_division(self, trained: str, other: str, prob_clean: np.ndarray) -> None:
+    def division_pass(self, trained: str, other: str, prob_clean: np.ndarray) -> TrainingPass:
         """Train ``trained`` on the split made by ``other``'s p_clean (§2.2); empty splits are guarded (§9.4)."""
         node, data = self.cfg.TRAINER.MLPT, self.cfg.DATASET
         labelled, unlabelled = divide(prob_clean > node.THRESHOLD, self.pool_labels,
                                       data.NUM_SHOTS - data.NUM_FP, data.NUM_FP, node.ORACLE_SPLIT)
         if not labelled:
             logger.warning(f"{other} predicts no clean sample: {trained} runs a warm-up epoch instead (§9.4)")
-            self.run_branch_epoch(trained, self.train_loader_x, self.warmup_step)
-            return
-        unlabelled_iter = _Cycle(self.split_loader(unlabelled)) if unlabelled else None
+            return self.warmup_pass(trained)
+        unlabelled_iter = cycle(self.split_loader(unlabelled)) if unlabelled else None
         weights = torch.from_numpy(prob_clean).float()
-        self.run_branch_epoch(trained, self.split_loader(labelled), self.codivide_step, other, weights,
-                              unlabelled_iter)
+        return TrainingPass(self.split_loader(labelled),
+                            lambda batch: self.codivide_step(trained, batch, other, weights, unlabelled_iter),
+                            names=[trained])
 
     def codivide_step(self, trained: str, batch_x: Mapping[str, Tensor], other: str, weights: Tensor,
-                      unlabelled_iter: Optional["_Cycle"]) -> Dict[str, float]:
+                      unlabelled_iter: Optional[Iterator]) -> Dict[str, float]:
         """Refined targets on the labelled batch, co-guessed targets on the next unlabelled one (§2.2)."""
         node = self.cfg.TRAINER.MLPT
         if node.ALPHA > 0:
@@ -409,22 +390,10 @@ class MLPT(ClipPromptTrainer):
         loss_x = soft_cross_entropy(logits_x, targets_x)
         loss_u = probability_mse(logits_u, targets_u) if logits_u is not None else torch.zeros_like(loss_x)
         loss = loss_x + node.LAMBDA_U * loss_u
-        self.update_branch(loss, trained)
+        self.backward_and_update(loss, names=[trained])
         tag = trained[-1]
         return {f"loss{tag}": loss.item(), f"loss_x{tag}": loss_x.item(), f"loss_u{tag}": loss_u.item(),
                 f"acc{tag}": compute_accuracy(logits_x, targets_x.argmax(-1))[0].item()}
-
-    def update_branch(self, loss: Tensor, branch: str) -> None:
-        """Zero, backward and step only ``branch``'s optimizer (scaled under amp); a non-finite loss raises."""
-        if self.scaler is None:
-            self.model_backward_and_update(loss, names=[branch])
-            return
-        self.model_zero_grad(names=[branch])
-        self.detect_anomaly(loss)
-        self.scaler.scale(loss).backward()
-        self.sync_gradients([branch])  # torchrun: average (scaled) gradients over ranks before the step
-        self.scaler.step(self._optims[branch])
-        self.scaler.update()
 
     def dump_losses(self, losses: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray]) -> None:
         """Every ``LOSS_DUMP_FREQ`` epochs: normalised losses and p_clean per branch, as the reference's xlsx."""
@@ -443,18 +412,3 @@ class MLPT(ClipPromptTrainer):
             writer.writerow(list(columns) + ["label", "true_label"])
             for i, item in enumerate(self.pool):
                 writer.writerow([f"{columns[c][i]:.6f}" for c in columns] + [item.label, item.true_label])
-
-
-class _Cycle:
-    """``next()`` over a loader, restarted whenever it runs out (the reference's unlabelled iterator)."""
-
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-        self.iterator = iter(loader)
-
-    def __next__(self):
-        try:
-            return next(self.iterator)
-        except StopIteration:
-            self.iterator = iter(self.loader)
-            return next(self.iterator)

@@ -23,8 +23,5 @@ class Vanilla(TrainerX):
         input, label, _ = self.parse_batch_train(batch)
         output = self.model(input)
         loss = F.cross_entropy(output, label)
-        self.model_backward_and_update(loss)
-        loss_summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return loss_summary
+        self.backward_and_update(loss)
+        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}

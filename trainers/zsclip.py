@@ -24,7 +24,7 @@ from yacs.config import CfgNode as CN
 from dassl.config import register_cfg_defaults
 from dassl.engine import TRAINER_REGISTRY
 
-from .common.prompt_clip import cosine_logits, l2_normalize
+from .common.custom_clip import CustomCLIP, cosine_logits
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.text_features import class_text_features
 from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
@@ -68,27 +68,17 @@ def dataset_template(dataset_name: str) -> str:
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-class ZeroshotCLIPModel(nn.Module):
+class ZeroshotCLIPModel(CustomCLIP):
     """``images -> logits`` against fixed, L2-normalised class text features ``(n_cls, E)``."""
 
-    PER_IMAGE_TEXT = False  # class text features are the same for every image (cached evaluation scores big chunks)
+    per_image_text = False  # class text features are the same for every image (cached evaluation scores big chunks)
 
     def __init__(self, clip_model: nn.Module, text_features: Tensor) -> None:
-        super().__init__()
-        self.image_encoder = clip_model.visual
-        self.logit_scale = clip_model.logit_scale
+        super().__init__(clip_model)
         self.register_buffer("text_features", text_features, persistent=False)  # (n_cls, E)
 
-    def encode_image(self, image: Tensor) -> Tensor:
-        """L2-normalised image features ``(B, E)``."""
-        return l2_normalize(self.image_encoder(image.to(self.text_features.dtype)))
-
     def logits_from_image_features(self, image_features: Tensor) -> Tensor:
-        """Logits ``(B, n_cls)`` of L2-normalised image features ``(B, E)``."""
         return cosine_logits(image_features, self.text_features, self.logit_scale)
-
-    def forward(self, image: Tensor) -> Tensor:
-        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)
 
 
 @TRAINER_REGISTRY.register()

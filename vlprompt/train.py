@@ -53,12 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", type=str, default="", help="name of head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
-    parser.add_argument("--init-from", type=str, default="",
-                        help="LangevinCoOp phase 2: phase-1 prompt checkpoint (TRAINER.LANGEVINCOOP.INIT_FROM)")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    for flag, (key, help_text) in _trainer_flags().items():  # flags that trainers declare (CLI_FLAGS)
+        parser.add_argument(flag, type=str, default=None, dest=_flag_dest(flag), help=f"{help_text} (= {key})")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
     return parser
+
+
+def _trainer_flags() -> dict:
+    """flag -> (config key, help) declared by the registered trainers."""
+    from vlprompt import trainers  # noqa: F401  (registers every trainer)
+    from dassl.engine import trainer_cli_flags
+
+    return trainer_cli_flags()
+
+
+def _set_string_key(cfg, key: str, value: str) -> None:
+    """Set a string config key from a flag, verbatim (no literal-eval: a path stays a path)."""
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    if not isinstance(node.get(last), str):
+        raise ConfigError(f"flag for {key}: only string keys can be trainer flags")
+    node[last] = value
+
+
+def _flag_dest(flag: str) -> str:
+    return "trainer_flag_" + flag.lstrip("-").replace("-", "_")
 
 
 def _closest_key(cfg, full_key: str) -> str:
@@ -124,8 +147,10 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
-    if args.init_from:
-        cfg.TRAINER.LANGEVINCOOP.INIT_FROM = args.init_from
+    for flag, (key, _) in _trainer_flags().items():
+        value = getattr(args, _flag_dest(flag), None)
+        if value is not None:
+            _set_string_key(cfg, key, value)
 
 
 def setup_cfg(args):

@@ -32,8 +32,10 @@ def build_data_loader(
     is_train: bool = True,
     dataset_wrapper=None,
     num_classes: Optional[int] = None,
+    drop_last: Optional[bool] = None,
 ):
-    """A ``DataLoader`` over ``data_source``; train loaders drop the last incomplete batch.
+    """A ``DataLoader`` over ``data_source``; train loaders drop the last incomplete batch unless ``drop_last``
+    says otherwise.
 
     Under torchrun (world size W > 1) ``batch_size`` stays the global batch: train loaders
     yield each rank's slice of the single-process global batches, evaluation loaders a
@@ -47,7 +49,8 @@ def build_data_loader(
     else:
         dataset = wrapper(cfg, data_source, transform=tfm, is_train=is_train)
     num_workers = cfg.DATALOADER.NUM_WORKERS
-    drop_last = is_train and len(data_source) >= batch_size
+    if drop_last is None:  # Dassl: training drops the last incomplete batch (when there is a full one)
+        drop_last = is_train and len(data_source) >= batch_size
     world_size, rank = get_world_size(), get_rank()
     batching = dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     if world_size > 1 and is_train:
@@ -85,11 +88,10 @@ class DataManager:
             logger.info("* Using custom transform for testing")
             tfm_test = custom_tfm_test
 
-        x = cfg.DATALOADER.TRAIN_X
-        self.train_loader_x = build_data_loader(
-            cfg, sampler_type=x.SAMPLER, data_source=dataset.train_x, batch_size=x.BATCH_SIZE,
-            n_domain=x.N_DOMAIN, n_ins=x.N_INS, tfm=tfm_train, is_train=True,
-            dataset_wrapper=dataset_wrapper, num_classes=n_cls)
+        self.cfg, self._dataset_wrapper, self._n_cls = cfg, dataset_wrapper, n_cls
+        self.tfm_train, self.tfm_test = tfm_train, tfm_test
+        self.split_items = {"train_x": dataset.train_x, "val": dataset.val, "test": dataset.test}
+        self.train_loader_x = self._split_loader("train_x", dataset.train_x)
 
         self.train_loader_u = None
         if dataset.train_u:
@@ -99,24 +101,41 @@ class DataManager:
                 n_domain=u.N_DOMAIN, n_ins=u.N_INS, tfm=tfm_train, is_train=True,
                 dataset_wrapper=dataset_wrapper, num_classes=n_cls)
 
-        t = cfg.DATALOADER.TEST
-        self.val_loader = None
-        if dataset.val:
-            self.val_loader = build_data_loader(
-                cfg, sampler_type=t.SAMPLER, data_source=dataset.val, batch_size=t.BATCH_SIZE,
-                tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper, num_classes=n_cls)
-        self.test_loader = build_data_loader(
-            cfg, sampler_type=t.SAMPLER, data_source=dataset.test, batch_size=t.BATCH_SIZE,
-            tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper, num_classes=n_cls)
+        self.val_loader = self._split_loader("val", dataset.val) if dataset.val else None
+        self.test_loader = self._split_loader("test", dataset.test)
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
         self._lab2cname = dataset.lab2cname
         self.dataset = dataset
-        self.tfm_train = tfm_train
-        self.tfm_test = tfm_test
         if cfg.VERBOSE:
             self.show_dataset_summary(cfg)
+
+    def _split_loader(self, split: str, items, drop_last: Optional[bool] = None):
+        """The loader of ``split`` (train_x, val or test) over ``items``, with the config's settings."""
+        cfg = self.cfg
+        if split == "train_x":
+            x = cfg.DATALOADER.TRAIN_X
+            return build_data_loader(
+                cfg, sampler_type=x.SAMPLER, data_source=items, batch_size=x.BATCH_SIZE, n_domain=x.N_DOMAIN,
+                n_ins=x.N_INS, tfm=self.tfm_train, is_train=True, dataset_wrapper=self._dataset_wrapper,
+                num_classes=self._n_cls, drop_last=drop_last)
+        t = cfg.DATALOADER.TEST
+        return build_data_loader(
+            cfg, sampler_type=t.SAMPLER, data_source=items, batch_size=t.BATCH_SIZE, tfm=self.tfm_test,
+            is_train=False, dataset_wrapper=self._dataset_wrapper, num_classes=self._n_cls, drop_last=drop_last)
+
+    def set_split(self, split: str, items, drop_last: Optional[bool] = None) -> None:
+        """Rebuild the loader of ``split`` (train_x, val or test) over ``items`` with the same settings.
+
+        For trainers that train on part of the training set (a held-out val split) or keep the last
+        incomplete training batch (``drop_last=False``).  ``split_items[split]`` then holds ``items``.
+        """
+        if split not in self.split_items:
+            raise KeyError(f"DataManager.set_split: unknown split {split!r}; choose one of {list(self.split_items)}")
+        self.split_items[split] = items
+        loader = self._split_loader(split, items, drop_last)
+        setattr(self, {"train_x": "train_loader_x", "val": "val_loader", "test": "test_loader"}[split], loader)
 
     @property
     def num_classes(self) -> int:

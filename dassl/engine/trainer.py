@@ -1,8 +1,26 @@
-"""Trainer hierarchy: ``TrainerBase`` → ``SimpleTrainer`` → ``TrainerX`` / ``TrainerXU``.
+"""Trainer hierarchy: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX`` / ``TrainerXU``.
 
-Behaviour and log formats follow Dassl 0.6.3 (../shared/specs/dassl_engine.md §3). Fixed on
-purpose: ``load_model`` prints ``val_result=None`` instead of crashing (Dassl #56); every
-checkpoint also stores the RNG states so a resumed CPU run is bit-identical to an
+Behaviour and log formats follow Dassl 0.6.3 (KaiyangZhou/Dassl.pytorch): the progress line, the
+``=> result`` block, ``<output>/<model name>/model.pth.tar-<epoch>`` checkpoints and the ``checkpoint`` pointer.
+A method subclasses ``TrainerX`` and overrides hooks only; the loop itself is never copied.  Call order:
+
+    __init__      check_cfg(cfg) -> build_data_loader() [-> build_data_manager() -> build_train_transform(),
+                  build_test_transform()] -> build_model() -> the evaluator
+    train()       before_train() [resume] -> per epoch: before_epoch() -> run_epoch() -> after_epoch()
+                  -> after_train() [final test]
+    run_epoch()   for each TrainingPass yielded by training_passes(): run_loader(pass) [-> pass.step(batch),
+                  by default forward_backward(batch) -> backward_and_update(loss)]; the loop steps the LR
+                  schedulers as lr_step_policy() says ("epoch": after the last batch, "iter", "manual")
+    after_epoch() end_of_epoch() -> test("val") + after_validation(result) when validates_after_epoch()
+                  -> save_model() every TRAIN.CHECKPOINT_FREQ epochs, at the last epoch and on a stop
+    test(split)   eval_split(split) -> model_inference(input) per batch -> evaluator (gathered under torchrun)
+
+``request_stop(reason)`` ends training after the current epoch (early stopping).  ``write_scalar`` /
+``write_text`` write tensorboard entries (rank 0 only).  Class attribute ``CLI_FLAGS`` lets a trainer declare
+command-line flags of its own, each an alias of one config key.
+
+Fixed on purpose, against upstream Dassl: ``load_model`` prints ``val_result=None`` instead of crashing
+(Dassl issue 56); every checkpoint also stores the RNG states, so a resumed CPU run is bit-identical to an
 uninterrupted one; no automatic ``DataParallel``.
 """
 from __future__ import annotations
@@ -10,93 +28,45 @@ from __future__ import annotations
 import datetime
 import logging
 import os.path as osp
-import random
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
-from tqdm import tqdm
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from dassl.data import DataManager
 from dassl.evaluation import build_evaluator
-from dassl.modeling import build_backbone, build_head
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import (
-    AverageMeter,
     all_gather_object,
     average_gradients,
+    count_num_param,
     get_world_size,
     is_distributed,
     is_main_process,
-    MetricMeter,
-    count_num_param,
     load_checkpoint,
     load_pretrained_weights,
     mkdir_if_missing,
+    progress,
     save_checkpoint,
     tolist_if_not,
 )
 
+from .loop import LR_STEP_POLICIES, EpochProgress, TrainingPass, cycle
+from .rng import get_rng_state, set_rng_state
+from .simple_net import SimpleNet
+
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "SimpleNet", "TrainingPass", "EpochProgress",
+           "cycle", "get_rng_state", "set_rng_state"]
+
 logger = logging.getLogger(__name__)
 
 
-def get_rng_state() -> Dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors/primitives (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    python_state = state["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class SimpleNet(nn.Module):
-    """Backbone (+ optional head) + linear classifier."""
-
-    def __init__(self, cfg, model_cfg, num_classes, **kwargs):
-        super().__init__()
-        self.backbone = build_backbone(model_cfg.BACKBONE.NAME, verbose=cfg.VERBOSE,
-                                       pretrained=model_cfg.BACKBONE.PRETRAINED, **kwargs)
-        fdim = self.backbone.out_features
-        self.head = None
-        if model_cfg.HEAD.NAME and model_cfg.HEAD.HIDDEN_LAYERS:
-            self.head = build_head(model_cfg.HEAD.NAME, verbose=cfg.VERBOSE, in_features=fdim,
-                                   hidden_layers=model_cfg.HEAD.HIDDEN_LAYERS, activation=model_cfg.HEAD.ACTIVATION,
-                                   bn=model_cfg.HEAD.BN, dropout=model_cfg.HEAD.DROPOUT, **kwargs)
-            fdim = self.head.out_features
-        self.classifier = nn.Linear(fdim, num_classes) if num_classes > 0 else None
-        self._fdim = fdim
-
-    @property
-    def fdim(self):
-        return self._fdim
-
-    def forward(self, x, return_feature=False):
-        f = self.backbone(x)
-        if self.head is not None:
-            f = self.head(f)
-        if self.classifier is None:
-            return f
-        y = self.classifier(f)
-        if return_feature:
-            return y, f
-        return y
+def is_metric_scheduler(sched: Any) -> bool:
+    """Schedulers stepped with a validation result (ReduceLROnPlateau) rather than once per epoch/iteration."""
+    return isinstance(sched, ReduceLROnPlateau)
 
 
 class TrainerBase:
@@ -106,13 +76,18 @@ class TrainerBase:
     # gathered evaluation). Trainers with their own loaders or passes over the training set (e.g. a
     # per-sample loss pass) must verify those before setting it.
     SUPPORTS_DISTRIBUTED = False
+    # Command-line flags this trainer adds to train.py: flag -> (config key it sets, help text).
+    CLI_FLAGS: ClassVar[Dict[str, Tuple[str, str]]] = {}
 
     def __init__(self):
         self._models = OrderedDict()
         self._optims = OrderedDict()
         self._scheds = OrderedDict()
         self._writer = None
+        self._stop_reason: Optional[str] = None
+        self.scaler: Optional[torch.amp.GradScaler] = None  # set by trainers that train under amp
 
+    # ------------------------------------------------------------------ models
     def register_model(self, name="model", model=None, optim=None, sched=None):
         if self.__dict__.get("_models") is None:
             raise AttributeError("Cannot assign model before super().__init__() call")
@@ -136,6 +111,16 @@ class TrainerBase:
                 raise KeyError(f"model {name!r} is not registered (registered: {names_real})")
         return names
 
+    def set_model_mode(self, mode="train", names=None):
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f"model mode {mode!r}; choose one of train, test, eval")
+
+    # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         if not is_main_process():  # one writer under torchrun; every rank holds the same weights
             return
@@ -203,24 +188,28 @@ class TrainerBase:
             logger.info(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={val_text})")
             self._models[name].load_state_dict(checkpoint["state_dict"])
 
-    def set_model_mode(self, mode="train", names=None):
-        for name in self.get_model_names(names):
-            if mode == "train":
-                self._models[name].train()
-            elif mode in ("test", "eval"):
-                self._models[name].eval()
-            else:
-                raise KeyError(f"model mode {mode!r}; choose one of train, test, eval")
+    # ------------------------------------------------------------------ learning rates
+    def lr_step_policy(self) -> str:
+        """Hook: when the loop steps the schedulers (``LR_STEP_POLICIES``); Dassl steps once per epoch."""
+        return "epoch"
 
     def update_lr(self, names=None):
+        """Step each model's scheduler; metric-driven ones (ReduceLROnPlateau) wait for a validation result."""
         for name in self.get_model_names(names):
-            if self._scheds[name] is not None:
-                self._scheds[name].step()
+            sched = self._scheds[name]
+            if sched is not None and not is_metric_scheduler(sched):
+                sched.step()
 
-    def detect_anomaly(self, loss):
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+    def step_metric_schedulers(self, result: float, names=None) -> None:
+        """Step the metric-driven schedulers (ReduceLROnPlateau) with a validation result."""
+        for name in self.get_model_names(names):
+            if is_metric_scheduler(self._scheds[name]):
+                self._scheds[name].step(result)
 
+    def has_metric_scheduler(self) -> bool:
+        return any(is_metric_scheduler(s) for s in self._scheds.values())
+
+    # ------------------------------------------------------------------ tensorboard
     def init_writer(self, log_dir):
         if self.__dict__.get("_writer") is None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
@@ -237,14 +226,31 @@ class TrainerBase:
         if self._writer is not None:
             self._writer.add_scalar(tag, scalar_value, global_step)
 
+    def write_text(self, tag: str, text: str, global_step=None) -> None:
+        if self._writer is not None:
+            self._writer.add_text(tag, text, global_step)
+
+    # ------------------------------------------------------------------ the loop
+    def request_stop(self, reason: str) -> None:
+        """End training after the current epoch (its checkpoint is still written); ``after_train`` runs."""
+        self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
     def train(self, start_epoch, max_epoch):
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
         for self.epoch in range(self.start_epoch, self.max_epoch):
+            if self.stop_requested:
+                break
             self.before_epoch()
             self.run_epoch()
             self.after_epoch()
+        if self.stop_requested:
+            logger.info(f"Stopping early: {self._stop_reason}")
         self.after_train()
 
     def before_train(self):
@@ -277,6 +283,11 @@ class TrainerBase:
     def model_inference(self, input):
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ one optimisation step
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
     def model_zero_grad(self, names=None):
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
@@ -299,9 +310,28 @@ class TrainerBase:
                 self._optims[name].step()
 
     def model_backward_and_update(self, loss, names=None):
+        """Dassl's name for ``backward_and_update``."""
+        self.backward_and_update(loss, names)
+
+    def backward_and_update(self, loss, names=None) -> None:
+        """Zero the grads of ``names`` (default: all models), backward, average over ranks, step.
+
+        A non-finite loss raises.  Under amp (``self.scaler`` set) the loss is scaled and the optimizers are
+        stepped through the scaler.
+        """
         self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.model_update(names)
+        self.detect_anomaly(loss)
+        if self.scaler is None:
+            loss.backward()
+            self.sync_gradients(names)
+            self.model_update(names)
+            return
+        self.scaler.scale(loss).backward()
+        self.sync_gradients(names)  # torchrun: average the (scaled) gradients before the step
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self.scaler.step(self._optims[name])
+        self.scaler.update()
 
 
 class SimpleTrainer(TrainerBase):
@@ -327,11 +357,25 @@ class SimpleTrainer(TrainerBase):
         self.best_result = -np.inf
 
     def check_cfg(self, cfg):
-        """Check that the config fits this trainer; raise one clear error otherwise."""
+        """Hook: check that the config fits this trainer; raise one clear error otherwise."""
         pass
 
+    # ------------------------------------------------------------------ data
+    def build_train_transform(self):
+        """Hook: the training transform; None = Dassl's from ``INPUT.TRANSFORMS``."""
+        return None
+
+    def build_test_transform(self):
+        """Hook: the evaluation transform; None = Dassl's."""
+        return None
+
+    def build_data_manager(self) -> DataManager:
+        """Hook: the run's ``DataManager`` (a trainer may change its splits with ``DataManager.set_split``)."""
+        return DataManager(self.cfg, custom_tfm_train=self.build_train_transform(),
+                           custom_tfm_test=self.build_test_transform())
+
     def build_data_loader(self):
-        dm = DataManager(self.cfg)
+        dm = self.build_data_manager()
         self.train_loader_x = dm.train_loader_x
         self.train_loader_u = dm.train_loader_u
         self.val_loader = dm.val_loader
@@ -341,6 +385,7 @@ class SimpleTrainer(TrainerBase):
         self.lab2cname = dm.lab2cname
         self.dm = dm
 
+    # ------------------------------------------------------------------ model
     def build_model(self):
         cfg = self.cfg
         logger.info("Building model")
@@ -353,6 +398,7 @@ class SimpleTrainer(TrainerBase):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
 
+    # ------------------------------------------------------------------ the loop
     def train(self):
         super().train(self.start_epoch, self.max_epoch)
 
@@ -362,13 +408,13 @@ class SimpleTrainer(TrainerBase):
             directory = self.cfg.RESUME
         self.start_epoch = self.resume_model_if_exist(directory)
         if self.start_epoch > 0:
-            self.best_result = self._saved_best_result(directory)
+            self.best_result = self.saved_best_result(directory)
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
         self.time_start = time.time()
 
-    def _saved_best_result(self, directory):
+    def saved_best_result(self, directory):
         """The val result of ``model-best.pth.tar`` (so a resumed best_val run keeps its best), else -inf."""
         names = self.get_model_names()
         path = osp.join(directory, names[0], "model-best.pth.tar") if names else ""
@@ -393,35 +439,56 @@ class SimpleTrainer(TrainerBase):
         logger.info(f"Elapsed: {datetime.timedelta(seconds=elapsed)}")
         self.close_writer()
 
+    def end_of_epoch(self) -> None:
+        """Hook: a method's own end-of-epoch work (logging, sample banks), before validation and checkpoints."""
+        pass
+
+    def selects_best_model(self) -> bool:
+        """Whether the best-val model is kept (``TEST.FINAL_MODEL best_val`` and testing on)."""
+        return not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val"
+
+    def validates_after_epoch(self) -> bool:
+        """Hook: whether ``after_epoch`` evaluates on val (best-model selection or a metric-driven scheduler)."""
+        return self.selects_best_model() or self.has_metric_scheduler()
+
+    def after_validation(self, result: float) -> None:
+        """Hook: use the epoch's val result: step ReduceLROnPlateau schedulers, keep the best model."""
+        self.step_metric_schedulers(result)
+        if self.selects_best_model() and result > self.best_result:
+            self.best_result = result
+            self.save_model(self.epoch, self.output_dir, val_result=result, model_name="model-best.pth.tar")
+
     def after_epoch(self):
+        self.end_of_epoch()
         last_epoch = (self.epoch + 1) == self.max_epoch
-        do_test = not self.cfg.TEST.NO_TEST
-        meet_checkpoint_freq = (
-            (self.epoch + 1) % self.cfg.TRAIN.CHECKPOINT_FREQ == 0 if self.cfg.TRAIN.CHECKPOINT_FREQ > 0 else False
-        )
-        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
-            curr_result = self.test(split="val")
-            if curr_result > self.best_result:
-                self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
-        if meet_checkpoint_freq or last_epoch:
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
+        if self.validates_after_epoch():
+            self.after_validation(self.test(split="val"))
+        if meet_checkpoint_freq or last_epoch or self.stop_requested:
             self.save_model(self.epoch, self.output_dir)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_split(self, split: Optional[str] = None) -> Tuple[str, Any, Sequence]:
+        """(split name, loader, data source) to evaluate: ``split`` or TEST.SPLIT; val falls back to test."""
+        split = self.cfg.TEST.SPLIT if split is None else split
+        if split == "val" and self.val_loader is not None:
+            return "val", self.val_loader, self.dm.dataset.val
+        return "test", self.test_loader, self.dm.dataset.test
+
+    def write_results(self, split: str, results: Dict[str, float]) -> None:
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
 
     @torch.no_grad()
     def test(self, split=None):
         """Evaluate on ``split`` (default TEST.SPLIT; val falls back to test) and return the first metric."""
         self.set_model_mode("eval")
         self.evaluator.reset()
-        if split is None:
-            split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
+        split, data_loader, _ = self.eval_split(split)
         logger.info(f"Evaluate on the *{split}* set")
         outputs = []
-        for batch in tqdm(data_loader, desc=f"eval {split}", leave=False, disable=not is_main_process()):
+        for batch in progress(data_loader, f"eval {split}", enabled=is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             if is_distributed():
@@ -434,8 +501,7 @@ class SimpleTrainer(TrainerBase):
                 for output, label in rank_outputs:
                     self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
-        for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.write_results(split, results)
         return list(results.values())[0]
 
     def model_inference(self, input):
@@ -449,47 +515,35 @@ class SimpleTrainer(TrainerBase):
         return self._optims[names[0]].param_groups[0]["lr"]
 
 
-class _EpochLogger:
-    """Dassl's progress line and tensorboard scalars, shared by TrainerX and TrainerXU."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.losses = MetricMeter()
-        self.batch_time = AverageMeter()
-        self.data_time = AverageMeter()
-
-    def log(self, batch_idx: int, num_batches: int) -> None:
-        t = self.trainer
-        meet_freq = (batch_idx + 1) % t.cfg.TRAIN.PRINT_FREQ == 0
-        only_few_batches = num_batches < t.cfg.TRAIN.PRINT_FREQ
-        if meet_freq or only_few_batches:
-            nb_remain = (num_batches - batch_idx - 1) + (t.max_epoch - t.epoch - 1) * num_batches
-            eta = str(datetime.timedelta(seconds=int(self.batch_time.avg * nb_remain)))
-            logger.info(
-                f"epoch [{t.epoch + 1}/{t.max_epoch}] batch [{batch_idx + 1}/{num_batches}] "
-                f"time {self.batch_time.val:.3f} ({self.batch_time.avg:.3f}) "
-                f"data {self.data_time.val:.3f} ({self.data_time.avg:.3f}) "
-                f"{self.losses} lr {t.get_current_lr():.4e} eta {eta}"
-            )
-        n_iter = t.epoch * num_batches + batch_idx
-        for name, meter in self.losses.meters.items():
-            t.write_scalar("train/" + name, meter.avg, n_iter)
-        t.write_scalar("train/lr", t.get_current_lr(), n_iter)
-
-
 class TrainerX(SimpleTrainer):
     """Trainer over labeled data only (base of CoOp, CoCoOp and every vlprompt method)."""
 
+    def training_passes(self) -> Iterator[TrainingPass]:
+        """Hook: the passes of one epoch, run in order (a generator may build each pass after the previous one
+        ran).  Default: one pass of ``forward_backward`` over ``train_loader_x``, stepping every scheduler."""
+        yield TrainingPass(self.train_loader_x, self.forward_backward)
+
     def run_epoch(self):
+        for training_pass in self.training_passes():
+            self.run_loader(training_pass)
+
+    def run_loader(self, training_pass: TrainingPass) -> None:
+        """One pass: train mode, ``step`` per batch, the LR policy, Dassl's progress line and scalars."""
+        policy = self.lr_step_policy()
+        if policy not in LR_STEP_POLICIES:
+            raise ValueError(f"{type(self).__name__}.lr_step_policy() = {policy!r}; choose one of {LR_STEP_POLICIES}")
         self.set_model_mode("train")
-        meters = _EpochLogger(self)
-        self.num_batches = len(self.train_loader_x)
+        meters = EpochProgress(self)
+        loader = training_pass.loader
+        self.num_batches = len(loader)
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
-            meters.data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
-            meters.batch_time.update(time.time() - end)
-            meters.losses.update(loss_summary)
+        for self.batch_idx, batch in enumerate(loader):
+            data_time = time.time() - end
+            loss_summary = training_pass.step(batch)
+            last_batch = (self.batch_idx + 1) == self.num_batches
+            if policy == "iter" or (policy == "epoch" and last_batch):
+                self.update_lr(training_pass.names)
+            meters.update(loss_summary, data_time, time.time() - end)
             meters.log(self.batch_idx, self.num_batches)
             end = time.time()
 
@@ -500,43 +554,31 @@ class TrainerX(SimpleTrainer):
         return input, label, domain
 
 
-class TrainerXU(SimpleTrainer):
+class _PairedBatches:
+    """``(batch_x, batch_u)`` pairs for ``n`` steps from two restarting loaders (TrainerXU's epoch)."""
+
+    def __init__(self, loader_x, loader_u, n: int) -> None:
+        self.iter_x, self.iter_u, self.n = cycle(loader_x), cycle(loader_u), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield next(self.iter_x), next(self.iter_u)
+
+
+class TrainerXU(TrainerX):
     """Trainer over labeled (x) and unlabeled (u) data."""
 
-    def run_epoch(self):
-        self.set_model_mode("train")
-        meters = _EpochLogger(self)
-        len_train_loader_x = len(self.train_loader_x)
-        len_train_loader_u = len(self.train_loader_u)
+    def training_passes(self) -> Iterator[TrainingPass]:
+        len_x, len_u = len(self.train_loader_x), len(self.train_loader_u)
         count_iter = self.cfg.TRAIN.COUNT_ITER
-        if count_iter == "train_x":
-            self.num_batches = len_train_loader_x
-        elif count_iter == "train_u":
-            self.num_batches = len_train_loader_u
-        elif count_iter == "smaller_one":
-            self.num_batches = min(len_train_loader_x, len_train_loader_u)
-        else:
-            raise ValueError(f"TRAIN.COUNT_ITER={count_iter!r}; choose one of train_x, train_u, smaller_one")
-        train_loader_x_iter = iter(self.train_loader_x)
-        train_loader_u_iter = iter(self.train_loader_u)
-        end = time.time()
-        for self.batch_idx in range(self.num_batches):
-            try:
-                batch_x = next(train_loader_x_iter)
-            except StopIteration:
-                train_loader_x_iter = iter(self.train_loader_x)
-                batch_x = next(train_loader_x_iter)
-            try:
-                batch_u = next(train_loader_u_iter)
-            except StopIteration:
-                train_loader_u_iter = iter(self.train_loader_u)
-                batch_u = next(train_loader_u_iter)
-            meters.data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch_x, batch_u)
-            meters.batch_time.update(time.time() - end)
-            meters.losses.update(loss_summary)
-            meters.log(self.batch_idx, self.num_batches)
-            end = time.time()
+        counts = {"train_x": len_x, "train_u": len_u, "smaller_one": min(len_x, len_u)}
+        if count_iter not in counts:
+            raise ValueError(f"TRAIN.COUNT_ITER={count_iter!r}; choose one of {', '.join(counts)}")
+        pairs = _PairedBatches(self.train_loader_x, self.train_loader_u, counts[count_iter])
+        yield TrainingPass(pairs, lambda pair: self.forward_backward(*pair))
 
     def parse_batch_train(self, batch_x, batch_u):
         input_x = batch_x["img"].to(self.device)

@@ -87,7 +87,8 @@ def download_url(url: str, dst: str) -> None:
     part = dst + ".part"
     with urllib.request.urlopen(url) as src, open(part, "wb") as out:
         total = int(src.headers.get("Content-Length") or 0)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=osp.basename(dst)) as bar:
+        # disable=None: a bar only when the output is a terminal (no carriage-return frames in logs)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=osp.basename(dst), disable=None) as bar:
             while True:
                 chunk = src.read(1 << 20)
                 if not chunk:

@@ -1,7 +1,8 @@
 """Checkpoint save/resume/load and small model utilities (Dassl's ``torchtools``).
 
 Differences from upstream, on purpose: checkpoints are written atomically (temp file +
-rename) and hold only tensors and primitives, so they load with ``weights_only=True``.
+rename) and hold only tensors and primitives, so they load with ``weights_only=True``, which is
+how ``load_checkpoint`` reads every checkpoint (nothing stored in a shared file can run).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from .safe_pickle import torch_load_weights
 from .tools import mkdir_if_missing
 
 logger = logging.getLogger(__name__)
@@ -67,22 +69,20 @@ def save_checkpoint(
     return fpath
 
 
-def load_checkpoint(fpath: Optional[str], weights_only: bool = False) -> Dict[str, Any]:
-    """Load a checkpoint onto the CPU (or CUDA when available).
+def load_checkpoint(fpath: Optional[str]) -> Dict[str, Any]:
+    """Load a checkpoint onto the CPU (or CUDA when available), reading tensors and plain data only.
 
-    Our own checkpoints are tensors and primitives only; ``weights_only=False`` (the default
-    here, as for upstream files) also reads checkpoints written by upstream Dassl.
+    ``torch.load(weights_only=True)``: a checkpoint is a file people share, and unpickling arbitrary objects
+    from it could run code.  Our checkpoints hold tensors and primitives only, so they always load; a file that
+    holds anything else (e.g. upstream Dassl's pickled warm-up scheduler object) or is corrupt stops with one
+    line naming it (``UnsafePickleError`` / ``UnreadablePickleError``, both ``ValueError``s).
     """
     if fpath is None:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
-    try:
-        return torch.load(fpath, map_location=map_location, weights_only=weights_only)
-    except Exception:
-        logger.error(f'Unable to load checkpoint from "{fpath}"')
-        raise
+    return torch_load_weights(fpath, map_location=map_location)
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:

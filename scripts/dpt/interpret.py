@@ -1,4 +1,4 @@
-"""Print the learned discrete prompt of a DPT checkpoint (spec shared/specs/dpt.md §1.2, §3.1).
+"""Print the learned discrete prompt of a DPT checkpoint (the selection DPT's trainer makes from its scores).
 
     python scripts/dpt/interpret.py output/base2new/train_base/dtd/shots_16/DPT/vit_b16_c4_ep8_batch4/seed1
     python scripts/dpt/interpret.py RUN/prompt_learner/model.pth.tar-8 --select-mode paper --top 5
@@ -15,13 +15,13 @@ import logging
 import os.path as osp
 import sys
 
-import torch
 import yaml
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.append(REPO_ROOT)
 
+from dassl.utils.safe_pickle import torch_load_weights  # noqa: E402
 from vlprompt.parse_test_res import read_run_config  # noqa: E402
 from vlprompt.trainers.common.discrete_prompt import SELECT_MODES, default_oracle, select_tokens  # noqa: E402
 from vlprompt.trainers.config import get_cfg  # noqa: E402
@@ -88,8 +88,9 @@ def main(argv=None) -> int:
 
 def interpret(args: argparse.Namespace) -> int:
     checkpoint_path = resolve_checkpoint(args.path)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if SCORES_KEY not in checkpoint["state_dict"]:
+    # Tensors and plain data only (weights_only=True): a checkpoint from elsewhere cannot run code here.
+    checkpoint = torch_load_weights(checkpoint_path, map_location="cpu")
+    if not isinstance(checkpoint, dict) or SCORES_KEY not in checkpoint.get("state_dict", {}):
         raise KeyError(f"{checkpoint_path} has no {SCORES_KEY}; is it a DPT prompt_learner checkpoint?")
     scores = checkpoint["state_dict"][SCORES_KEY].float()  # (n_ctx, V)
     settings = run_settings(checkpoint_path)

@@ -1,6 +1,6 @@
 """Loading CLIP for the prompt trainers, and the fp16 / fp32 / amp precision recipes.
 
-Written once for every method (``shared/specs/coop_family.md`` §4.1, §4.5; STYLE.md §3). CoOp's
+Written once for every method (CoOp's ``load_clip_to_cpu`` and precision handling, KaiyangZhou/CoOp). CoOp's
 ``load_clip_to_cpu(cfg)`` becomes ``load_clip_to_cpu(backbone_name)``: it takes what ``clip.load`` takes (an
 OpenAI name, ``tiny-vit``/``tiny-rn``, or a path) plus the names in ``PRETRAINED_TINY`` — tiny CLIPs that
 ``clip/pretrain_tiny.py`` pre-trained on synthetic shapes, stored under ``pretrained_dir()``.
@@ -25,10 +25,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from dassl.config import register_cfg_defaults
 from vlprompt import clip
-from vlprompt.clip.clip import _MODELS, _TINY_MODELS
+from vlprompt.clip import Backbone, backbone_info, register_backbone
 from vlprompt.clip.model import CLIP, convert_weights
-from vlprompt.clip.tiny import TINY_CONFIGS
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,20 @@ PRETRAINED_TINY: dict[str, tuple[str, str]] = {
     "tiny-rn-synthetic": ("tiny-rn-synthetic.pth", "rn"),
 }
 PRETRAINED_DIR_ENV = "VLPROMPT_PRETRAINED_DIR"  # overrides where PRETRAINED_TINY files are looked up
-# Image side length of each named model (clip_model.md §1; the tiny ones from clip/tiny.py), so a wrong
-# INPUT.SIZE fails in check_cfg, before any weights load.
-INPUT_RESOLUTIONS: dict[str, int] = {
-    "RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448,
-    "ViT-B/32": 224, "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336,
-    **{name: TINY_CONFIGS[arch]["image_resolution"] for name, arch in _TINY_MODELS.items()},
-    **{name: TINY_CONFIGS[arch]["image_resolution"] for name, (_, arch) in PRETRAINED_TINY.items()},
-}
+# The pre-trained tiny CLIPs join the backbone table, so their resolution and tower are known before loading.
+for _name, (_, _arch) in PRETRAINED_TINY.items():
+    _tiny = backbone_info(f"tiny-{_arch}")
+    register_backbone(Backbone(_name, _tiny.tower, _tiny.resolution))
 _REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+@register_cfg_defaults
+def add_cfg_defaults(cfg) -> None:
+    """Keys of CLIP loading shared by every CLIP trainer."""
+    # True = MODEL.BACKBONE.NAME may be a local TorchScript archive whose SHA256 is not one of OpenAI's released
+    # checkpoints (e.g. your own traced model). Opening TorchScript runs code stored in the file, so the default
+    # False refuses such files with one line; plain torch.save state dicts and the named models never need it
+    cfg.MODEL.BACKBONE.TRUST_LOCAL_ARCHIVE = False
 
 
 class BackboneNotFoundError(FileNotFoundError):
@@ -68,7 +73,7 @@ def pretrained_tiny_path(name: str) -> str:
 
 def available_backbones() -> list[str]:
     """Every name ``load_clip_to_cpu`` accepts besides a file path."""
-    return list(_MODELS) + list(_TINY_MODELS) + list(PRETRAINED_TINY)
+    return clip.available_models() + clip.tiny_models() + list(PRETRAINED_TINY)
 
 
 def resolve_backbone(name: str) -> str:
@@ -77,7 +82,7 @@ def resolve_backbone(name: str) -> str:
     OpenAI and tiny names pass through, a registered pre-trained tiny name becomes its file path, and any
     other string must be an existing file.  Called from ``check_cfg``, i.e. before anything is loaded.
     """
-    if name in _MODELS or name in _TINY_MODELS:
+    if name in clip.available_models() or name in clip.tiny_models():
         return name
     if name in PRETRAINED_TINY:
         path = pretrained_tiny_path(name)
@@ -94,19 +99,23 @@ def resolve_backbone(name: str) -> str:
 
 def check_input_size(backbone_name: str, input_size: tuple, resolution: Optional[int] = None) -> None:
     """Raise if ``INPUT.SIZE`` differs from the backbone's input resolution (known by name, or given)."""
-    resolution = resolution or INPUT_RESOLUTIONS.get(backbone_name)
+    info = backbone_info(backbone_name)
+    resolution = resolution or (info.resolution if info else None)
     if resolution is not None and tuple(input_size) != (resolution, resolution):
         raise ValueError(f"INPUT.SIZE={tuple(input_size)} but {backbone_name} takes {resolution}x{resolution} "
                          f"images; set INPUT.SIZE ({resolution}, {resolution}) in the trainer config")
 
 
-def load_clip_to_cpu(backbone_name: str) -> CLIP:
+def load_clip_to_cpu(backbone_name: str, trust_local_archive: bool = False) -> CLIP:
     """CLIP on the CPU in fp32 and eval mode (``clip.load(..., device="cpu", jit=False)``).
 
     The official weights are fp16 values, so fp32 here equals the reference's fp16 model upcast with
-    ``.float()``; ``cast_clip`` then applies the run's precision.
+    ``.float()``; ``cast_clip`` then applies the run's precision.  ``trust_local_archive``
+    (``MODEL.BACKBONE.TRUST_LOCAL_ARCHIVE``) lets a local TorchScript archive that is not a released OpenAI
+    checkpoint load; without it such a file is refused (opening TorchScript runs code stored in the file).
     """
-    model, _ = clip.load(resolve_backbone(backbone_name), device="cpu", jit=False)
+    model, _ = clip.load(resolve_backbone(backbone_name), device="cpu", jit=False,
+                         trust_local_archive=trust_local_archive)
     return model.eval()
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
+from dassl.utils.safe_pickle import torch_load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +83,16 @@ class FeatureCache:
         path = self.path(key)
         if not self.enabled or not osp.exists(path):
             return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt entry is recomputed, never trusted
-            logger.warning(f"feature cache entry {path} is unreadable ({err}); recomputing it")
+        try:  # tensors only (weights_only=True): an entry copied from elsewhere cannot run code
+            entry = torch_load_weights(path, map_location="cpu")
+        except ValueError as err:  # refused or corrupt (one-line message naming the file): recompute, never trust
+            logger.warning(f"{err.args[0]}; recomputing the feature cache entry")
             return None
+        keys = ("features", "labels")
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), torch.Tensor) for k in keys):
+            logger.warning(f"feature cache entry {path} lacks 'features'/'labels' tensors; recomputing it")
+            return None
+        return entry
 
     def save(self, key: str, entry: Dict[str, torch.Tensor]) -> None:
         if not self.enabled:

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import os.path as osp
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from vlprompt import clip
 from vlprompt.clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, save_lora
 from dassl.optim import build_lr_scheduler, build_optimizer
 
-from .prompt_clip import l2_normalize
+from .custom_clip import CustomCLIP, l2_normalize
 from .prompt_trainer import ClipPromptTrainer
 from .text_encoder import TextEncoder
 
@@ -117,49 +117,42 @@ class IterationBudgetLoader:
                 return
 
 
-class EarlyStop(Exception):
-    """Raised by ``after_epoch`` to leave the epoch loop; ``LoRATrainer.train`` then finishes normally."""
-
-
-class LoRACLIP(nn.Module):
+class LoRACLIP(CustomCLIP):
     """``images (B, 3, R, R) -> logits (B, n_cls)`` of a CLIP whose attention carries LoRA.
 
     ``lora`` holds the A/B tensors (the only trainable ones, registered first); the towers are CLIP's own
     modules with ``LoRAMultiheadAttention`` inside.
     """
 
+    per_image_text = False
+
     def __init__(self, lora: LoRAWeights, clip_model: nn.Module, tokenized_prompts: Tensor,
                  truncate_at_eot: bool = True, logit_scale: float = 100.0) -> None:
-        super().__init__()
+        super().__init__(clip_model)
         self.lora = lora
-        self.image_encoder = clip_model.visual
+        # A/B tensors also live inside the towers; listed first, their parameter names are "lora.*".
+        self._modules = {"lora": self._modules.pop("lora"), **self._modules}
         self.text_encoder = TextEncoder(clip_model, truncate_at_eot=truncate_at_eot)
         self.token_embedding = clip_model.token_embedding
-        self.clip_logit_scale = clip_model.logit_scale
         self.fixed_logit_scale = logit_scale
         self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)  # (n_cls, 77)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.text_encoder.dtype
-
-    def logit_scale(self) -> Tensor:
+    def scale(self) -> Tensor:
         """The fixed scale (> 0) or ``exp(logit_scale)`` of CLIP."""
         if self.fixed_logit_scale > 0:
             return torch.tensor(self.fixed_logit_scale, device=self.tokenized_prompts.device)
-        return self.clip_logit_scale.exp()
+        return self.logit_scale.exp()
 
     def encode_text(self) -> Tensor:
         """L2-normalised class text features ``(n_cls, E)`` through the (adapted) text tower."""
         embeddings = self.token_embedding(self.tokenized_prompts).to(self.dtype)  # (n_cls, 77, D)
         return l2_normalize(self.text_encoder(embeddings, self.tokenized_prompts))
 
-    def encode_image(self, image: Tensor) -> Tensor:
-        """L2-normalised image features ``(B, E)``."""
-        return l2_normalize(self.image_encoder(image.to(self.dtype)))
-
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
-        return self.logit_scale() * image_features @ text_features.t().to(image_features.dtype)  # (B, n_cls)
+        return self.scale() * image_features @ text_features.t().to(image_features.dtype)  # (B, n_cls)
+
+    def logits_from_image_features(self, image_features: Tensor) -> Tensor:
+        return self.logits(image_features, self.encode_text())
 
     def forward(self, image: Tensor, text_features: Optional[Tensor] = None) -> Tensor:
         text_features = self.encode_text() if text_features is None else text_features
@@ -218,9 +211,10 @@ class LoRATrainer(ClipPromptTrainer):
         return self.method_cfg().TEMPLATE or dataset_template(self.cfg.DATASET.NAME)
 
     # ------------------------------------------------------------------ data and training length
-    def build_data_loader(self) -> None:
-        super().build_data_loader()
-        loader = self.build_train_loader()
+    def build_data_manager(self):
+        """Dassl's data, with the training batches cut to the iteration budget (``IterationBudgetLoader``)."""
+        dm = super().build_data_manager()
+        loader = self.build_train_loader(dm)
         node = self.method_cfg()
         per_epoch = len(loader)
         if node.ITERS_PER_SHOT > 0:
@@ -228,15 +222,15 @@ class LoRATrainer(ClipPromptTrainer):
             self.max_epoch = math.ceil(self.total_iters / per_epoch)
         else:
             self.total_iters = self.max_epoch * per_epoch
-        self.train_loader_x = IterationBudgetLoader(loader, self.total_iters, lambda: self.epoch)
+        dm.train_loader_x = IterationBudgetLoader(loader, self.total_iters, lambda: self.epoch)
         logger.info(f"Training for {self.total_iters} iterations ({self.max_epoch} epochs of up to {per_epoch} "
                     f"batches)")
+        return dm
 
-    def build_train_loader(self):
-        """The loader of training batches (DISEF pairs real with synthetic images); default Dassl's."""
-        return self.train_loader_x
+    def build_train_loader(self, dm):
+        """Hook: the loader of training batches (DISEF pairs real with synthetic images); default Dassl's."""
+        return dm.train_loader_x
 
-    # ------------------------------------------------------------------ model
     def lora_specs(self):
         node = self.method_cfg()
         return lora_specs(node.ENCODER, node.R, node.ALPHA, node.DROPOUT, node.PARAMS, node.POSITION, node.SCALING,
@@ -290,18 +284,10 @@ class LoRATrainer(ClipPromptTrainer):
     def compute_loss(self, output: Tensor, label: Tensor) -> Tensor:
         return F.cross_entropy(output, label, label_smoothing=self.method_cfg().LABEL_SMOOTHING)
 
-    def forward_backward(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            output = self.forward_train(image, label)
-            loss = self.compute_loss(output, label)
-        self.backward_and_update(loss)
-        summary = self.loss_summary(output, label, loss)
-        if self.method_cfg().LR_STEP == "iter" or (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+    def lr_step_policy(self) -> str:
+        """CLIP-LoRA steps its cosine schedule every iteration (``LR_STEP iter``); Dassl's schedules per epoch."""
+        return "iter" if self.method_cfg().LR_STEP == "iter" else "epoch"
 
-    # ------------------------------------------------------------------ evaluation
     def test(self, split: Optional[str] = None) -> float:
         self._eval_text = None  # re-encode the class prompts once per evaluation
         return super().test(split)
@@ -326,12 +312,12 @@ class LoRATrainer(ClipPromptTrainer):
             if state["epoch"] + 1 == self.start_epoch:
                 self.best_result, self._bad_epochs = state["best_result"], state["bad_epochs"]
                 if state["stopped"]:
-                    logger.info(f"Early stopping already happened at epoch {state['epoch'] + 1}; not training")
-                    raise EarlyStop
+                    self.request_stop(f"early stopping already happened at epoch {state['epoch'] + 1}; not training")
 
-    def after_epoch(self) -> None:
+    def after_validation(self, result: float) -> None:
+        """Keep the best model, then count epochs without improvement (early stopping, ``PATIENCE``)."""
         best_before = self.best_result
-        super().after_epoch()  # validates and saves model-best when TEST.FINAL_MODEL is best_val
+        super().after_validation(result)
         node = self.method_cfg()
         if node.PATIENCE <= 0:
             return
@@ -339,24 +325,15 @@ class LoRATrainer(ClipPromptTrainer):
         limit = node.PATIENCE + 1 if node.PATIENCE_LITERAL else node.PATIENCE
         last_epoch = self.epoch + 1 == self.max_epoch
         stop = self._bad_epochs >= limit and not last_epoch
-        if stop:
-            self.save_model(self.epoch, self.output_dir)  # so a re-run resumes here, then finds "stopped"
         state = {"epoch": self.epoch, "best_result": float(self.best_result), "bad_epochs": self._bad_epochs,
                  "stopped": stop}
         tmp = self._early_stop_path() + f".tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(state, f)
         os.replace(tmp, self._early_stop_path())
-        if stop:
-            logger.info(f"Early stopping after epoch {self.epoch + 1}: no better val accuracy for "
-                        f"{self._bad_epochs} epochs (best {self.best_result:.2f})")
-            raise EarlyStop
-
-    def train(self) -> None:
-        try:
-            super().train()
-        except EarlyStop:
-            self.after_train()
+        if stop:  # the engine still writes this epoch's checkpoint, so a re-run resumes here and finds "stopped"
+            self.request_stop(f"no better val accuracy for {self._bad_epochs} epochs after epoch {self.epoch + 1} "
+                              f"(best {self.best_result:.2f})")
 
     def after_train(self) -> None:
         super().after_train()  # deploys model-best (TEST.FINAL_MODEL best_val) and tests

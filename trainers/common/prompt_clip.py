@@ -1,4 +1,4 @@
-"""CLIP with a learned text prompt: CoOp's ``CustomCLIP`` (``shared/specs/coop_family.md`` §4.4), shared.
+"""CLIP with a learned text prompt: CoOp's ``CustomCLIP``, shared by every CoOp-style method.
 
 Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv:2109.01134.  Image features come
 from CLIP's frozen image tower, text features from the frozen text tower applied to the prompt learner's
@@ -9,43 +9,26 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .custom_clip import CustomCLIP, cosine_logits, l2_normalize
 from .prompt_learner import PromptLearnerBase
 from .text_encoder import TextEncoder
 
-
-def l2_normalize(features: Tensor) -> Tensor:
-    """Rows divided by their L2 norm (CLIP's ``x / x.norm(dim=-1, keepdim=True)``)."""
-    return features / features.norm(dim=-1, keepdim=True)
+__all__ = ["PromptCLIP", "cosine_logits", "l2_normalize"]
 
 
-def cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
-    """``exp(logit_scale) * image_features @ text_features.T`` for L2-normalised ``(B, E)`` and ``(C, E)``."""
-    return logit_scale.exp() * image_features @ text_features.t()  # (B, C)
-
-
-class PromptCLIP(nn.Module):
+class PromptCLIP(CustomCLIP):
     """``images (B, 3, R, R) -> logits (B, n_cls)`` with text features from ``prompt_learner()``.
 
     Attribute names follow CoOp's ``CustomCLIP`` (``prompt_learner``, ``image_encoder``, ``text_encoder``,
     ``logit_scale``), so ``LEARNABLE = ("prompt_learner",)`` selects the prompt and nothing else.
     """
 
-    PER_IMAGE_TEXT = False  # class text features are the same for every image (cached evaluation scores big chunks)
+    per_image_text = False  # class text features are the same for every image (cached evaluation scores big chunks)
 
     def __init__(self, prompt_learner: PromptLearnerBase, text_encoder: TextEncoder, clip_model: nn.Module) -> None:
-        super().__init__()
+        super().__init__(clip_model)
         self.prompt_learner = prompt_learner
-        self.image_encoder = clip_model.visual
         self.text_encoder = text_encoder
-        self.logit_scale = clip_model.logit_scale
-
-    @property
-    def dtype(self):
-        return self.text_encoder.dtype
-
-    def encode_image(self, image: Tensor) -> Tensor:
-        """L2-normalised image features ``(B, E)``."""
-        return l2_normalize(self.image_encoder(image.to(self.dtype)))
 
     def encode_text(self) -> Tensor:
         """L2-normalised text features of every class prompt ``(n_cls, E)``, recomputed on each call."""
@@ -53,8 +36,4 @@ class PromptCLIP(nn.Module):
         return l2_normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts))
 
     def logits_from_image_features(self, image_features: Tensor) -> Tensor:
-        """Logits ``(B, n_cls)`` of L2-normalised image features ``(B, E)`` (cached evaluation)."""
         return cosine_logits(image_features, self.encode_text(), self.logit_scale)
-
-    def forward(self, image: Tensor) -> Tensor:
-        return self.logits_from_image_features(self.encode_image(image))  # (B, n_cls)

@@ -1,8 +1,8 @@
-"""``ClipPromptTrainer``: everything a CLIP prompt-learning trainer shares, written once (STYLE.md §3).
+"""``ClipPromptTrainer``: everything a CLIP prompt-learning trainer shares, written once.
 
 CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", arXiv:2109.01134) and CoCoOp
 ("Conditional Prompt Learning for Vision-Language Models", arXiv:2203.05557) repeat the same trainer code
-(``shared/specs/coop_family.md`` §4.5, §5.3); here it is one base class:
+(loading CLIP, precision, freezing, the AMP step, checkpoint filtering); here it is one base class:
 
 - ``check_cfg``: ``TRAINER.<NODE>.PREC`` in fp16/fp32/amp, a loadable ``MODEL.BACKBONE.NAME`` and a matching
   ``INPUT.SIZE`` — before CLIP loads.
@@ -11,8 +11,8 @@ CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", arXiv:2109.0
   in ``LEARNABLE``, keep their parameters in fp32 (master weights, also under fp16), optionally load
   ``MODEL.INIT_WEIGHTS``, and register each with its own optimizer and scheduler (so each is switched
   train/eval, saved and loaded by name).
-- ``forward_backward``: one step around ``forward_train`` and ``compute_loss``; fp16/fp32 go through Dassl's
-  ``model_backward_and_update`` (non-finite loss check), amp through autocast + ``GradScaler``.
+- ``forward_backward``: one step around ``forward_train`` and ``compute_loss`` under ``autocast()``; the engine's
+  ``backward_and_update`` checks the loss, steps the optimizers and, under amp, goes through ``GradScaler``.
 - ``load_model``: drops the frozen class-name buffers of old-style checkpoints, then loads strictly.
 - ``test``: with ``EVAL_FROM_IMAGE_FEATURES`` (frozen, un-prompted image tower), the split's images are encoded
   once — or loaded from the on-disk ``FeatureCache`` (``TEST.FEATURE_CACHE``) — and the logits are computed from
@@ -36,9 +36,8 @@ A method subclasses it like this::
             ...
 
 Cached evaluation: a method whose image features do not depend on anything learned sets
-``EVAL_FROM_IMAGE_FEATURES = True``; its custom CLIP then provides ``image_encoder`` (the frozen visual tower),
-``encode_image(images) -> normalised features (B, E)`` and ``logits_from_image_features(features) -> (B, n_cls)``,
-with ``logits_from_image_features(encode_image(x)) == forward(x)``.
+``EVAL_FROM_IMAGE_FEATURES = True``; its model must then be a ``CustomCLIP`` (``custom_clip.py``), whose
+``logits_from_image_features(encode_image(x)) == forward(x)``.
 """
 from __future__ import annotations
 
@@ -50,17 +49,16 @@ from typing import Any, ClassVar, ContextManager, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from dassl.config import register_cfg_defaults
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint, load_pretrained_weights
-from dassl.utils.dist import is_distributed
+from dassl.utils import is_distributed, is_main_process, load_checkpoint, load_pretrained_weights, progress
 
 from .clip_loading import PRECISIONS, cast_clip, cast_learnable, check_input_size, load_clip_to_cpu, \
     resolve_backbone, resolve_precision
+from .custom_clip import CustomCLIP
 from .feature_cache import FeatureCache, items_digest, module_digest
 from .text_encoder import TextEncoder
 
@@ -169,7 +167,9 @@ class ClipPromptTrainer(TrainerX):
         classnames = self.dm.dataset.classnames
         self.precision = resolve_precision(self.method_cfg().PREC, self.device)
         logger.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = cast_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME), self.precision)
+        clip_model = cast_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME,
+                                                trust_local_archive=cfg.MODEL.BACKBONE.TRUST_LOCAL_ARCHIVE),
+                               self.precision)
         check_input_size(cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, clip_model.visual.input_resolution)
         logger.info(f"Building custom CLIP ({type(self).__name__}, {self.precision})")
         self.model = self.build_custom_clip(clip_model, classnames)
@@ -241,30 +241,13 @@ class ClipPromptTrainer(TrainerX):
             summary["acc"] = compute_accuracy(output, label)[0].item()
         return summary
 
-    def backward_and_update(self, loss: Tensor) -> None:
-        """Zero grads, backward, step every registered optimizer (scaled under amp); non-finite loss raises."""
-        if self.scaler is None:
-            self.model_backward_and_update(loss)
-            return
-        self.model_zero_grad()
-        self.detect_anomaly(loss)
-        self.scaler.scale(loss).backward()
-        self.sync_gradients()  # torchrun: average (scaled) gradients over ranks before the step
-        for name in self.get_model_names():
-            if self._optims[name] is not None:
-                self.scaler.step(self._optims[name])
-        self.scaler.update()
-
     def forward_backward(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         image, label = self.parse_batch_train(batch)
         with self.autocast():
             output = self.forward_train(image, label)
             loss = self.compute_loss(output, label)
         self.backward_and_update(loss)
-        summary = self.loss_summary(output, label, loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+        return self.loss_summary(output, label, loss)
 
     # ------------------------------------------------------------------ checkpoints
     def drop_frozen_buffers(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -304,21 +287,13 @@ class ClipPromptTrainer(TrainerX):
                 logger.info("Feature cache is disabled under distributed runs; evaluating image by image")
                 self._logged_no_cache_dist = True
             return False
-        for attr in ("image_encoder", "encode_image", "logits_from_image_features"):
-            if not hasattr(self.model, attr):
-                raise AttributeError(f"{type(self).__name__}.EVAL_FROM_IMAGE_FEATURES is set but "
-                                     f"{type(self.model).__name__} has no {attr}; implement it or unset the flag")
+        if not isinstance(self.model, CustomCLIP):
+            raise TypeError(f"{type(self).__name__}.EVAL_FROM_IMAGE_FEATURES is set but {type(self.model).__name__} "
+                            "is not a CustomCLIP (trainers/common/custom_clip.py); derive from it or unset the flag")
         if any(p.requires_grad for p in self.model.image_encoder.parameters()):
             logger.warning(f"{type(self).__name__}: the image encoder has trainable parameters; not caching features")
             return False
         return True
-
-    def eval_split(self, split: Optional[str]) -> tuple[str, Any, Sequence]:
-        """(split name, loader, data source) as Dassl's ``test`` picks them: val falls back to test."""
-        split = self.cfg.TEST.SPLIT if split is None else split
-        if split == "val" and self.val_loader is not None:
-            return "val", self.val_loader, self.dm.dataset.val
-        return "test", self.test_loader, self.dm.dataset.test
 
     def image_feature_key(self, split: str, data_source: Sequence) -> str:
         """Cache key: image-encoder weights, dataset, split, ordered (impath, label) list and test transform."""
@@ -330,7 +305,7 @@ class ClipPromptTrainer(TrainerX):
     def encode_split(self, split: str, data_loader) -> tuple[Tensor, Tensor]:
         """Normalised image features ``(N, E)`` and labels of a whole split, in loader order, on the CPU."""
         features, labels = [], []
-        for batch in tqdm(data_loader, desc=f"encode {split}", leave=False):
+        for batch in progress(data_loader, f"encode {split}", enabled=is_main_process()):
             image, label = self.parse_batch_test(batch)
             features.append(self.model.encode_image(image).cpu())
             labels.append(label.cpu())
@@ -350,12 +325,10 @@ class ClipPromptTrainer(TrainerX):
                                                 lambda: self.encode_split(split, data_loader))
         # Models whose class text features do not depend on the image (CoOp, zero-shot) score the whole
         # split in a few large chunks: their text tower then runs a few times instead of once per batch.
-        per_image_text = getattr(self.model, "PER_IMAGE_TEXT", True)
-        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE if per_image_text else SHARED_TEXT_CHUNK
+        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE if self.model.per_image_text else SHARED_TEXT_CHUNK
         for feats, label in zip(features.split(batch_size), labels.split(batch_size)):
             output = self.model.logits_from_image_features(feats.to(self.device))  # (b, n_cls)
             self.evaluator.process(output, label.to(self.device))
         results = self.evaluator.evaluate()
-        for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.write_results(split, results)
         return list(results.values())[0]

@@ -1,8 +1,8 @@
 """Text features of hand-written prompts, computed once for a frozen text tower (zero-shot classifiers).
 
-Used by ZeroshotCLIP / ZeroshotCLIP2 (``shared/specs/coop_family.md`` §3.2-§3.3) and by any method whose text
+Used by ZeroshotCLIP / ZeroshotCLIP2 and by any method whose text
 side is frozen: ``class_text_features(clip_model, classnames, templates)`` returns one L2-normalised row per
-class, averaged over templates (prompt ensembling, Radford et al. 2021, arXiv:2103.00020 §3.1.4).
+class, averaged over templates (prompt ensembling, Radford et al. 2021, arXiv:2103.00020, section 3.1.4).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from dassl.utils import progress
 from vlprompt import clip
 
 from .prompt_clip import l2_normalize
@@ -41,7 +41,7 @@ def class_text_features(clip_model: nn.Module, classnames: Sequence[str], templa
     """
     names = [name.replace("_", " ") for name in classnames]
     total = None
-    for template in tqdm(templates, desc="text features", leave=False, disable=len(templates) < 2):
+    for template in progress(templates, "text features", enabled=len(templates) > 1):
         features = encode_texts(clip_model, [template.format(name) for name in names], truncate_at_eot)
         total = features if total is None else total + features
     return l2_normalize(total / len(templates))  # (n_cls, E)
