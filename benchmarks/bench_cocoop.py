@@ -93,8 +93,9 @@ def main() -> None:
     our_t = time_fn(ours_fn, device, args.repeats, args.warmup)
     ref_t = time_fn(ref_fn, device, args.repeats, args.warmup)
     (l_ours, g_ours), (l_ref, g_ref) = ours_fn(), ref_fn()
-    report.add(f"batch {args.batch}: time per image", ref_t / args.batch, our_t / args.batch, max_abs_diff(l_ref, l_ours),
-               grad_max_abs_diff=max_abs_diff(g_ref, g_ours), ref_peak_gb=ref_mem, ours_peak_gb=ours_mem,
+    report.add(f"batch {args.batch}: time per image", ref_t / args.batch, our_t / args.batch,
+               max_abs_diff(l_ref, l_ours), grad_max_abs_diff=max_abs_diff(g_ref, g_ours),
+               ref_peak_gb=ref_mem, ours_peak_gb=ours_mem,
                memory_ratio=ref_mem / ours_mem if ours_mem > 0 else float("nan"))
     if args.big_batch:
         big = torch.randn(args.big_batch, 3, res, res, device=device)

@@ -1,6 +1,6 @@
-"""DPT token selection + context embedding: the reference-style loop vs ours (trainers/common/discrete_prompt.py).
+"""DPT token selection + context embedding: the reference-style loop vs ours (trainers/dpt/discrete_prompt.py).
 
-Reference style (alvitawa/fomo ``GetToggle.forward`` as described in shared/specs/dpt.md §1.3, written here): a full
+Reference style (the control flow of alvitawa/fomo's ``GetToggle.forward``, written here): a full
 ``argsort`` of every row, a Python loop with ``.item()`` for BOS/EOS, decode + encode on every check, the
 advance / test / undo repair with its rank-as-token-id gap, then ``one_hot (n, V) @ E``.  Ours: stable top-k,
 memoised round-trip oracle, batched single-advance trials, ``E[ids]`` gather.  Same scores in one process.
@@ -30,14 +30,14 @@ import torch
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vlprompt import clip  # noqa: E402
-from vlprompt.trainers.common.discrete_prompt import (default_oracle, select_tokens,  # noqa: E402
-                                             straight_through_embedding)
+from vlprompt.trainers.dpt.discrete_prompt import (default_oracle, select_tokens,  # noqa: E402
+                                                  straight_through_embedding)
 
 REFERENCE_MAX_ITERS = 1000  # the reference has no cap; this only keeps a livelocked draw from hanging the run
 
 
 def reference_select(scores: torch.Tensor) -> torch.Tensor:
-    """The reference's selection loop (spec §1.3), bugs included; returns the one-hot ``(n, V)``."""
+    """The reference's selection loop, bugs included; returns the one-hot ``(n, V)``."""
     tokenizer = clip.get_tokenizer()
     bos, eos = tokenizer.sot_token_id, tokenizer.eot_token_id
     out = torch.zeros_like(scores)

@@ -1,8 +1,9 @@
-"""LangevinCoOp K-sample hard vote: the reference's K full test passes vs encode-once (langevin_coop.md §5.2, §10 #9).
+"""LangevinCoOp K-sample hard vote: the reference's K full test passes vs encode-once.
 
-Reference-style path (written here from the spec): for each of the K bank samples, load it into the prompt
-learner and run the whole test set through the full CLIP (image tower + all-class prompts per batch), take the
-argmax, then count votes per class and take the first maximum.  Ours (``LangevinCoOp.test_ensemble``): encode the
+Reference-style path (the ensemble evaluation of Walter-pixel/COOP_Langevin_Public@7fe769c, written here from
+its description): for each of the K bank samples, load it into the prompt learner and run the whole test set
+through the full CLIP (image tower + all-class prompts per batch), take the argmax, then count votes per class
+and take the first maximum.  Ours (``LangevinCoOp.test_ensemble``): encode the
 test images once, then one text pass per sample, votes accumulated by ``VoteAccumulator``.  Same random CLIP,
 prompt samples and images; the labels must agree exactly.
 
@@ -57,7 +58,7 @@ def reference_vote(model, states: List[Dict[str, torch.Tensor]], images: torch.T
 
 def our_vote(model, states: List[Dict[str, torch.Tensor]], images: torch.Tensor, batch: int):
     """Image features once, one text pass per sample (LangevinCoOp.test_ensemble)."""
-    from vlprompt.trainers.common.sgld import VoteAccumulator
+    from vlprompt.trainers.langevin_coop import VoteAccumulator
 
     features = torch.cat([model.encode_image(images[i:i + batch]) for i in range(0, len(images), batch)])
     votes = VoteAccumulator(len(images), model.prompt_learner.n_cls, images.device)

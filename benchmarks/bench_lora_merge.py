@@ -3,8 +3,8 @@
 Same random CLIP (ViT-B/16 architecture by default, no download), same LoRA tensors (q, k, v of every block of
 both towers, r 2, alpha 1, B random), same inputs.  One evaluation = encode a batch of images + the class prompts.
 
-- ``reference``: CLIP-LoRA's LoRA Linear written after the reference algorithm (spec ``shared/specs/
-  clip_lora_disef.md`` §1.2): ``eval()`` adds ``s B A`` into the weight in place, ``train()`` subtracts it.
+- ``reference``: CLIP-LoRA's LoRA Linear written after the reference algorithm (MaxZanella/CLIP-LoRA@358f0d7
+  ``loralib/layers.py``): ``eval()`` adds ``s B A`` into the weight in place, ``train()`` subtracts it.
 - ``ours-unmerged``: ``clip/lora.py`` with the additive branch at evaluation (``unmerge()``).
 - ``ours-merged``: ``clip/lora.py`` in eval mode (cached ``W0 + s B A``, ``W0`` untouched).
 

@@ -4,9 +4,16 @@ The nine OpenAI checkpoints (Radford et al. 2021, arXiv:2103.00020; URLs and SHA
 openai/CLIP's ``clip/clip.py``) and the offline tiny architectures of ``clip/tiny.py``.  Other packages add
 their own named backbones with ``register_backbone`` (e.g. the pre-trained tiny CLIPs of the trainers), so
 that the input resolution and tower type of every name are known before any weights load.
+
+open_clip models are named ``open_clip:<model>:<pretrained>`` (``<model>`` an open_clip architecture name or a
+path to its JSON config, ``<pretrained>`` one of its pretrained tags or a path to a weights file).  They are
+not listed up front: ``backbone_info`` resolves such a name on first use from open_clip's own config tables
+(``clip/open_clip_loader.py``, no download) and adds the entry to the table.
 """
 from __future__ import annotations
 
+import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,6 +21,9 @@ from .tiny import TINY_CONFIGS
 
 OPENAI_URL_ROOT = "https://openaipublic.azureedge.net/clip/models"
 TOWERS = ("vit", "resnet")
+ACTIVATIONS = ("quick_gelu", "gelu")  # MLP activation of the transformer blocks
+OPEN_CLIP_PREFIX = "open_clip:"  # MODEL.BACKBONE.NAME = open_clip:<model>:<pretrained tag or weights file>
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")  # how a weights-file path ends
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,11 @@ class Backbone:
     sha256: str = ""  # of the downloaded file; "" for models built offline
     filename: str = ""  # file name under the download root
     tiny_arch: str = ""  # clip.tiny architecture key for seeded random tiny models
+    activation: str = "quick_gelu"  # MLP activation: "quick_gelu" (OpenAI) or "gelu" (many open_clip models)
+    # Input normalisation the weights were trained with; () = not checked (OpenAI and tiny names, whose
+    # reference configs do not all use CLIP's statistics).  open_clip names carry their pretrained config's.
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
 
     @property
     def url(self) -> str:
@@ -35,6 +50,10 @@ class Backbone:
     @property
     def is_resnet(self) -> bool:
         return self.tower == "resnet"
+
+    @property
+    def is_open_clip(self) -> bool:
+        return is_open_clip_name(self.name)
 
 
 def _openai(name: str, tower: str, resolution: int, sha256: str, filename: str) -> Backbone:
@@ -73,6 +92,9 @@ def register_backbone(backbone: Backbone) -> Backbone:
     """Add a named backbone (same name twice must describe the same backbone)."""
     if backbone.tower not in TOWERS:
         raise ValueError(f"backbone {backbone.name}: tower {backbone.tower!r}; choose one of {', '.join(TOWERS)}")
+    if backbone.activation not in ACTIVATIONS:
+        raise ValueError(f"backbone {backbone.name}: activation {backbone.activation!r}; choose one of "
+                         f"{', '.join(ACTIVATIONS)}")
     known = BACKBONES.get(backbone.name)
     if known is not None and known != backbone:
         raise KeyError(f"backbone {backbone.name!r} is already registered as {known}")
@@ -81,8 +103,55 @@ def register_backbone(backbone: Backbone) -> Backbone:
 
 
 def backbone_info(name: str) -> Optional[Backbone]:
-    """The table entry of ``name``, or None for a name the table does not know (e.g. a file path)."""
-    return BACKBONES.get(name)
+    """The table entry of ``name``, or None for a name the table does not know (e.g. a file path).
+
+    An ``open_clip:<model>:<pretrained>`` name is resolved from open_clip's config tables on first use (nothing
+    is downloaded) and added to the table; a name that cannot work raises a one-line error instead: unknown
+    model or tag, missing weights file, or an architecture vlprompt's CLIP cannot represent.
+    """
+    known = BACKBONES.get(name)
+    if known is None and is_open_clip_name(name):
+        from .open_clip_loader import describe_open_clip  # imports open_clip (seconds): only when needed
+
+        known = register_backbone(describe_open_clip(name))
+    return known
+
+
+def is_open_clip_name(name: str) -> bool:
+    """Whether ``name`` is an ``open_clip:<model>:<pretrained>`` backbone name."""
+    return name.startswith(OPEN_CLIP_PREFIX)
+
+
+class OpenClipNameError(ValueError):
+    """A backbone name starts with ``open_clip:`` but is not ``open_clip:<model>:<pretrained>``."""
+
+
+def split_open_clip_name(name: str) -> tuple[str, str]:
+    """``open_clip:<model>:<pretrained>`` -> ``(model, pretrained)``; the pretrained part may contain ":"."""
+    model, sep, pretrained = name[len(OPEN_CLIP_PREFIX):].partition(":")
+    if not is_open_clip_name(name) or not model or not sep or not pretrained:
+        raise OpenClipNameError(
+            f"MODEL.BACKBONE.NAME={name!r}: expected open_clip:<model>:<pretrained tag or weights file>, e.g. "
+            "open_clip:ViT-B-16:laion2b_s34b_b88k or open_clip:ViT-B-16:/path/to/open_clip_model.safetensors")
+    return model, pretrained
+
+
+def backbone_label(name: str) -> str:
+    """A short file-name-safe label of a backbone name, for cache file names (not unique: hash the full name).
+
+    ``ViT-B/16`` -> ``ViT-B-16``; ``open_clip:ViT-B-16:laion2b_s34b_b88k`` -> ``open_clip-ViT-B-16-laion2b_s34b_b88k``;
+    a path keeps its file name only (``open_clip:ViT-B-16:/ckpt/epoch_32.pt`` -> ``open_clip-ViT-B-16-epoch_32.pt``).
+    """
+    parts = split_open_clip_name(name) if is_open_clip_name(name) else (name,)
+    parts = [osp.basename(part.rstrip("/\\")) if _looks_like_path(part) else part for part in parts]
+    prefix = [OPEN_CLIP_PREFIX.rstrip(":")] if is_open_clip_name(name) else []
+    label = re.sub(r"[^A-Za-z0-9._+-]+", "-", "-".join(prefix + parts)).strip("-.")
+    return label[:80] or "backbone"
+
+
+def _looks_like_path(part: str) -> bool:
+    """A file path rather than a model name or tag (``ViT-B/16`` has a slash but is a name)."""
+    return part.startswith(("/", "~", ".")) or part.lower().endswith(WEIGHT_FILE_SUFFIXES + (".json",))
 
 
 def openai_models() -> list[str]:

@@ -13,7 +13,11 @@ whose SHA256 is one of OpenAI's released checkpoints (a named model, verified af
 hit, or a local copy of one), or on a local archive the caller trusts explicitly (``trust_local_archive=True``).
 Any other local archive is refused with one line before it is opened as TorchScript (it is recognised by its
 zip entry names).  Plain state dicts load with ``torch.load(weights_only=True)``.
-Extras: ``load("tiny-vit")``/``load("tiny-rn")`` build seeded random tiny models (``clip/tiny.py``) offline.
+Plain state dicts load with ``torch.load(weights_only=True)``, ``.safetensors`` files with safetensors (tensors
+only, never code).
+Extras: ``load("tiny-vit")``/``load("tiny-rn")`` build seeded random tiny models (``clip/tiny.py``) offline;
+``load("open_clip:<model>:<pretrained tag or weights file>")`` builds an open_clip model into these modules
+(``clip/open_clip_loader.py``; docs/backbones.md).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from tqdm import tqdm
 
 from dassl.utils.safe_pickle import torch_load_weights
 
-from .backbones import BACKBONES, known_checkpoint_hashes, openai_models, tiny_models
-from .model import ARCHIVE_EXTRA_KEYS, CLIP, build_model
+from .backbones import BACKBONES, is_open_clip_name, known_checkpoint_hashes, openai_models, tiny_models
+from .model import ARCHIVE_EXTRA_KEYS, CLIP, build_model, convert_weights
 from .simple_tokenizer import SimpleTokenizer
 from .tiny import tiny_state_dict
 
@@ -47,7 +51,8 @@ try:
 except ImportError:  # torchvision < 0.9
     BICUBIC = Image.BICUBIC
 
-__all__ = ["available_models", "load", "tokenize", "decode", "encode", "get_tokenizer", "build_model"]
+__all__ = ["available_models", "load", "tokenize", "decode", "encode", "get_tokenizer", "build_model",
+           "read_state_dict"]
 logger = logging.getLogger(__name__)
 
 # OpenAI's API names, derived from the one backbone table (clip/backbones.py): name -> URL / tiny architecture.
@@ -116,16 +121,13 @@ def _download(url: str, root: str = _DEFAULT_ROOT) -> str:
     return target
 
 
-def _unwrap_state_dict(obj: object, path: str) -> dict[str, Tensor]:
+def _unwrap_state_dict(obj: object) -> object:
     """Accept a state dict, a ``{"state_dict": ...}`` wrapper or a ScriptModule; strip a ``module.`` prefix."""
     if isinstance(obj, torch.jit.ScriptModule):
         obj = obj.state_dict()
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or "text_projection" not in obj and "module.text_projection" not in obj:
-        raise RuntimeError(f"{path}: not a CLIP state dict (no 'text_projection' key); expected an OpenAI "
-                           "TorchScript archive or a state dict in OpenAI key layout")
-    if all(key.startswith("module.") for key in obj):
+    if isinstance(obj, dict) and obj and all(isinstance(key, str) and key.startswith("module.") for key in obj):
         obj = {key[len("module."):]: value for key, value in obj.items()}
     return obj
 
@@ -157,13 +159,28 @@ def _require_known_archive(path: str) -> None:
         f"with torch.save and load that file instead")
 
 
-def _load_state_dict(path: str, trusted: bool) -> dict[str, Tensor]:
-    """State dict of an OpenAI TorchScript archive or of a plain ``torch.save`` file, on the CPU.
+class UnreadableWeightsError(ValueError):
+    """A weights file is corrupt or holds no ``{name: tensor}`` state dict."""
 
-    ``trusted``: the file's SHA256 was already verified against the backbone table (a downloaded model), or
-    the caller trusts it explicitly; otherwise a TorchScript archive must be a released OpenAI checkpoint.
+
+def read_state_dict(path: str, trusted: bool = False) -> dict[str, Tensor]:
+    """The ``{name: tensor}`` state dict stored in ``path``, on the CPU, in the file's own key layout.
+
+    ``.safetensors`` files are read with safetensors and ``torch.save`` files with ``weights_only=True`` (tensors
+    and containers only: no code from the file runs).  A TorchScript archive is opened only when ``trusted``
+    (its SHA256 was already verified against a table, or the caller trusts it explicitly) or when it is
+    bit-identical to a released OpenAI checkpoint; any other archive raises ``UntrustedArchiveError``.
+    ``{"state_dict": ...}`` wrappers (training checkpoints) and ``module.`` prefixes are removed.
     """
-    if is_torchscript_archive(path):
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: object = load_file(path, device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise UnreadableWeightsError(f"{path}: unreadable safetensors file ({err}); download it again") from err
+    elif is_torchscript_archive(path):
         if not trusted:
             _require_known_archive(path)
         with warnings.catch_warnings():  # the official files are TorchScript; its deprecation is not actionable
@@ -173,7 +190,23 @@ def _load_state_dict(path: str, trusted: bool) -> dict[str, Tensor]:
         obj = {k: v for k, v in archive.state_dict().items() if not k.endswith(".attn_mask")}
     else:  # a plain state dict: tensors and containers only (reopened by path, unlike the reference)
         obj = torch_load_weights(path, map_location="cpu")
-    state_dict = _unwrap_state_dict(obj, path)
+    state_dict = _unwrap_state_dict(obj)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise UnreadableWeightsError(f"{path}: holds {type(state_dict).__name__}, not a state dict of tensors "
+                                     "(or a {'state_dict': ...} checkpoint holding one)")
+    return state_dict
+
+
+def _load_state_dict(path: str, trusted: bool) -> dict[str, Tensor]:
+    """State dict of an OpenAI TorchScript archive or of a plain ``torch.save``/safetensors file in OpenAI layout.
+
+    ``trusted``: see ``read_state_dict``; otherwise a TorchScript archive must be a released OpenAI checkpoint.
+    """
+    state_dict = read_state_dict(path, trusted)
+    if "text_projection" not in state_dict:
+        raise RuntimeError(f"{path}: not a CLIP state dict (no 'text_projection' key); expected an OpenAI "
+                           "TorchScript archive or a state dict in OpenAI key layout (an open_clip file loads as "
+                           "open_clip:<model>:<file>)")
     return {k: v for k, v in state_dict.items() if k not in ARCHIVE_EXTRA_KEYS}
 
 
@@ -181,14 +214,17 @@ def _convert_image_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _transform(n_px: int) -> Compose:
-    """Eval preprocessing: bicubic resize of the short side, center crop, RGB, tensor, CLIP normalisation."""
+def _transform(n_px: int, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD) -> Compose:
+    """Eval preprocessing: bicubic resize of the short side, center crop, RGB, tensor, normalisation.
+
+    ``mean``/``std``: the statistics the weights were trained with (OpenAI's by default).
+    """
     return Compose([
         Resize(n_px, interpolation=BICUBIC),
         CenterCrop(n_px),
         _convert_image_to_rgb,  # after resize and crop, as the reference (matters for P/L/RGBA/CMYK images)
         ToTensor(),
-        Normalize(OPENAI_MEAN, OPENAI_STD),
+        Normalize(mean, std),
     ])
 
 
@@ -203,12 +239,15 @@ def load(
 
     Args:
         name: one of ``available_models()`` (downloaded and SHA256-checked), ``"tiny-vit"``/``"tiny-rn"``
-            (seeded random tiny models, no download), or a path to an OpenAI TorchScript archive or a
-            ``torch.save`` state dict in OpenAI key layout (e.g. a pre-trained tiny model ``.pth``).
+            (seeded random tiny models, no download), ``"open_clip:<model>:<pretrained tag or weights file>"``
+            (an open_clip model built into these modules, weights fetched by open_clip's downloader), or a path
+            to an OpenAI TorchScript archive or a ``torch.save``/``.safetensors`` state dict in OpenAI key layout
+            (e.g. a pre-trained tiny model ``.pth``).
         device: where to put the model.  Exactly ``"cpu"`` gives fp32 weights; any other device keeps the
             reference fp16 recipe.
         jit: unsupported; ``True`` logs a warning and loads the eager model.
-        download_root: cache directory for downloads, default ``~/.cache/clip``.
+        download_root: cache directory for downloads, default ``~/.cache/clip`` (open_clip names: open_clip's
+            own default, i.e. ``~/.cache/clip`` for URLs and the Hugging Face cache for hub files).
         trust_local_archive: open a local TorchScript archive (``name`` is a path) even when its SHA256 is not
             one of OpenAI's released checkpoints.  Opening TorchScript runs code stored in the file, so the
             default refuses such files; plain state dicts never need it.
@@ -222,6 +261,8 @@ def load(
     if jit:
         logger.warning("clip.load(jit=True) is not supported (TorchScript patching breaks on recent torch); "
                        "loading the eager model instead")
+    if is_open_clip_name(name):
+        return _load_open_clip(name, device, download_root, trust_local_archive)
     if name in _TINY_MODELS:
         state_dict = tiny_state_dict(_TINY_MODELS[name])
     elif name in _MODELS:  # _download verifies the SHA256, also of a file already in the cache
@@ -235,6 +276,18 @@ def load(
     if str(device) == "cpu":
         model.float()
     return model, _transform(model.visual.input_resolution)
+
+
+def _load_open_clip(name: str, device: Union[str, torch.device], download_root: Optional[str],
+                    trust_local_archive: bool) -> tuple[CLIP, Compose]:
+    """``load`` for ``open_clip:`` names: fp32 weights as stored; off the CPU the reference fp16 recipe."""
+    from .open_clip_loader import load_open_clip  # imports open_clip (seconds): only for open_clip names
+
+    model, backbone = load_open_clip(name, download_root=download_root, trust_local_archive=trust_local_archive)
+    model = model.to(device)
+    if str(device) != "cpu":  # as for OpenAI names: conv/linear weights in half precision off the CPU
+        convert_weights(model)
+    return model, _transform(backbone.resolution, backbone.pixel_mean, backbone.pixel_std)
 
 
 @lru_cache(maxsize=None)

@@ -1,51 +1,44 @@
 """LoRA for our OpenAI-architecture CLIP: attention with separate q/k/v/o projections and low-rank updates.
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685, applied to CLIP as in
-Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models" (CLIP-LoRA, CVPRW 2024,
-arXiv:2405.18541; reference MaxZanella/CLIP-LoRA@358f0d7) and in DISEF (da Costa et al., arXiv:2312.03046,
-vturrisi/disef@501ec4b, loralib semantics).  Spec: ``shared/specs/clip_lora_disef.md`` §1.1-§1.3, §1.6, §2.4, §4.5.
+Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models" (CLIP-LoRA, arXiv:2405.18541;
+reference MaxZanella/CLIP-LoRA@358f0d7) and in DISEF (Turrisi da Costa et al., arXiv:2312.03046; reference
+vturrisi/disef@501ec4b, which uses loralib's ``MergedLinear``).
 
-- ``LoRAMultiheadAttention`` replaces a block's ``nn.MultiheadAttention``: ``q_proj``/``k_proj``/``v_proj`` are
-  the row blocks [0:E], [E:2E], [2E:3E] of ``in_proj_weight``/``in_proj_bias`` and ``proj`` is ``out_proj``; the
-  ones named in ``params`` (subset of q, k, v, o) become ``LoRALinear``.  It returns ``(output, None)`` as CLIP's
-  residual block expects and matches the original attention at init (B = 0) to float rounding.
-- ``LoRALinear``: ``y = W0 x + b + s * B A dropout(x)``; A (r x in) Kaiming-uniform(a=sqrt 5), B (out x r) zeros;
-  ``s = alpha / sqrt(r)`` (``scaling="sqrt"``, CLIP-LoRA) or ``alpha / r`` (``"linear"``, loralib/DISEF).
-- ``apply_lora(clip_model, specs)`` adapts the chosen blocks of the text and/or vision tower and returns a
-  ``LoRAWeights`` container that holds exactly the A/B tensors (the same ``Parameter`` objects) under CLIP-LoRA's
-  checkpoint layout ``layer_{i}.{q_proj|k_proj|v_proj|proj}.w_lora_{A|B}``; ``save_lora``/``load_lora`` write and
-  read CLIP-LoRA's file format (§1.6) with metadata.
-
-Deviations, on purpose:
-- Merging never touches ``W0``.  In eval mode the layer uses a cached ``W0 + s B A`` (a non-persistent buffer,
-  rebuilt whenever A, B or W0 change), in train mode the additive branch.  The reference merges in place on
-  ``.eval()`` and subtracts on ``.train()``, which drifts in floating point and puts ``W0 + dW`` into full state
-  dicts that later get ``dW`` applied twice (notebook bug, spec §3.7.2); here state dicts always hold ``W0``.
-- The additive branch is used for every dropout value (the reference swaps the ``weight`` attribute when
-  dropout is 0, §1.2).
-- Block positions are derived from the depth (thirds and halves), so tiny models work (§1.1); for 12 blocks they
-  equal the reference's table.
+``apply_lora(clip_model, specs)`` replaces the ``nn.MultiheadAttention`` of the chosen blocks by
+``LoRAMultiheadAttention``, whose four projections are the row blocks of the packed in-projection and the output
+projection; the ones named in ``params`` become ``LoRALinear``: ``y = W0 x + b + s B A dropout(x)`` with A
+Kaiming-uniform, B zero and ``s = alpha / sqrt(r)`` (CLIP-LoRA) or ``alpha / r`` (loralib).  The dropout mask on
+the LoRA input is drawn per projection (CLIP-LoRA) or once per attention and shared by its projections
+(``shared_dropout``, loralib's ``MergedLinear``).  It returns a ``LoRAWeights`` container holding exactly the A/B
+tensors under CLIP-LoRA's checkpoint layout; ``save_lora``/``load_lora`` read and write CLIP-LoRA's file format.
+Differences from the references (cached merging that never modifies ``W0``, block positions derived from the depth)
+are listed in docs/methods/clip_lora.md.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dassl.utils.safe_pickle import torch_load_weights
+
 logger = logging.getLogger(__name__)
 
 SCALINGS = ("sqrt", "linear")  # alpha / sqrt(r) (CLIP-LoRA, rsLoRA) or alpha / r (loralib, DISEF, notebook)
 ENCODERS = ("text", "vision", "both")
 POSITIONS = ("all", "bottom", "mid", "up", "half-bottom", "half-up", "top3")
-PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}  # param letter -> attribute (§1.3)
-LORA_MARKER = "lora_"  # every LoRA tensor name contains it; nothing else in CLIP does (§1.2)
+PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}  # param letter -> attribute
+LORA_MARKER = "lora_"  # every LoRA tensor name contains it; nothing else in CLIP does
 FORMAT_VERSION = 1  # of the metadata written by save_lora
+# Adapter settings that shape or scale the A/B tensors: a file loads only into a model that agrees on them
+WEIGHT_KEYS = ("encoder", "r", "alpha", "params", "position", "scaling", "blocks")
 
 
 class LoRAError(ValueError):
@@ -67,7 +60,7 @@ def block_indices(position: str, depth: int) -> list[int]:
     Thirds for bottom/mid/up (boundaries ``round(depth / 3)`` and ``round(2 depth / 3)``), halves for
     half-bottom/half-up (boundary ``depth // 2``), the last three for top3.  For 12 blocks this is the
     reference's table (bottom 0-3, mid 4-7, up 8-11, half-bottom 0-5, half-up 6-11, top3 9-11); for 24 blocks
-    half-bottom is 0-11, half-up 12-23 and all 0-23, as the reference's ViT-L/14 rows (spec §1.1).
+    half-bottom is 0-11, half-up 12-23 and all 0-23, as the reference's ViT-L/14 rows.
     """
     if position not in POSITIONS:
         raise LoRAError(f"LoRA position {position!r}; choose one of {', '.join(POSITIONS)}")
@@ -103,7 +96,7 @@ class LoRALinear(nn.Module):
         self.scaling = lora_scale(alpha, r, scaling)
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        # LoRA tensors in fp32 even when W0 is fp16, as the reference's fresh fp32 Linear (spec §1.2)
+        # LoRA tensors in fp32 even when W0 is fp16, as the reference's fresh fp32 Linear
         self.w_lora_A = nn.Parameter(torch.empty(r, in_features, device=weight.device))
         self.w_lora_B = nn.Parameter(torch.zeros(out_features, r, device=weight.device))
         nn.init.kaiming_uniform_(self.w_lora_A, a=math.sqrt(5))
@@ -145,13 +138,14 @@ class LoRALinear(nn.Module):
             self.unmerge() if mode else self.merge()
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lora_input: Optional[Tensor] = None) -> Tensor:
+        """``lora_input``: the LoRA branch's input when the caller drew the dropout mask (shared dropout)."""
         if self.merged:
             if self._merged_key != self._state_key():
                 self.merge()  # A/B/W0 changed since the merge (optimizer step, load_state_dict, .to())
             return F.linear(x, self.merged_weight, self.bias)
         out = F.linear(x, self.weight, self.bias)
-        lora_in = self.lora_dropout(x).to(self.w_lora_A.dtype)
+        lora_in = (self.lora_dropout(x) if lora_input is None else lora_input).to(self.w_lora_A.dtype)
         update = (lora_in @ self.w_lora_A.t()) @ self.w_lora_B.t()  # (..., r) -> (..., out)
         return out + (self.scaling * update).to(out.dtype)
 
@@ -175,10 +169,12 @@ class LoRAMultiheadAttention(nn.Module):
 
     Accepts ``nn.MultiheadAttention.forward``'s arguments and returns ``(output, None)``: attention weights are
     never computed (CLIP calls it with ``need_weights=False``).  Attention dropout is 0, as in the reference.
+    ``shared_dropout``: one dropout mask on the attention input feeds the LoRA branch of every adapted projection
+    (loralib's ``MergedLinear`` over the packed q/k/v projection); otherwise each projection draws its own.
     """
 
     def __init__(self, mha: nn.MultiheadAttention, params: Sequence[str], r: int, alpha: float,
-                 dropout: float = 0.0, scaling: str = "sqrt") -> None:
+                 dropout: float = 0.0, scaling: str = "sqrt", shared_dropout: bool = False) -> None:
         super().__init__()
         if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
             raise LoRAError("LoRA needs attention with a packed in_proj_weight (kdim == vdim == embed_dim), as CLIP's")
@@ -189,13 +185,36 @@ class LoRAMultiheadAttention(nn.Module):
         self.head_dim = mha.embed_dim // mha.num_heads
         self.batch_first = mha.batch_first
         self.params = tuple(p for p in PROJECTIONS if p in params)
-        lora = dict(r=r, alpha=alpha, dropout=dropout, scaling=scaling)
+        self.shared_dropout = shared_dropout
+        # shared: the attention draws the mask (the layers get dropout 0); the output projection keeps its own
+        self.lora_dropout = nn.Dropout(dropout) if shared_dropout and dropout > 0 else nn.Identity()
+        lora = dict(r=r, alpha=alpha, dropout=0.0 if shared_dropout else dropout, scaling=scaling)
         width, weight, bias = mha.embed_dim, mha.in_proj_weight, mha.in_proj_bias
         for i, letter in enumerate(("q", "k", "v")):
             rows = slice(i * width, (i + 1) * width)  # in_proj_weight packs q, k, v by rows: (3E, E)
             setattr(self, PROJECTIONS[letter], _projection(weight[rows], None if bias is None else bias[rows],
                                                            lora if letter in params else None))
-        self.proj = _projection(mha.out_proj.weight, mha.out_proj.bias, lora if "o" in params else None)
+        out_lora = {**lora, "dropout": dropout} if shared_dropout else lora  # its input is the attention output
+        self.proj = _projection(mha.out_proj.weight, mha.out_proj.bias, out_lora if "o" in params else None)
+
+    def _lora_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> dict[str, Tensor]:
+        """Shared dropout in training: q/k/v's LoRA inputs under one mask (empty dict: each layer drops its own)."""
+        if not (self.training and isinstance(self.lora_dropout, nn.Dropout)):
+            return {}
+        if query is key and key is value:  # self-attention (CLIP): dropout(x) once, as loralib's MergedLinear
+            dropped = self.lora_dropout(query)
+            return {"q": dropped, "k": dropped, "v": dropped}
+        if not query.shape == key.shape == value.shape:
+            raise LoRAError("shared LoRA dropout needs query, key and value of one shape; use per-projection "
+                            "dropout (shared_dropout False) for this attention")
+        mask = self.lora_dropout(torch.ones_like(query))  # one mask, already scaled by 1 / (1 - p)
+        return {"q": query * mask, "k": key * mask, "v": value * mask}
+
+    def _project(self, letter: str, x: Tensor, lora_inputs: dict[str, Tensor]) -> Tensor:
+        layer = getattr(self, PROJECTIONS[letter])
+        if isinstance(layer, LoRALinear) and letter in lora_inputs:
+            return layer(x, lora_inputs[letter])
+        return layer(x)
 
     def lora_layers(self) -> dict[str, LoRALinear]:
         """Attribute name -> ``LoRALinear`` for the adapted projections, in q, k, v, o order."""
@@ -235,9 +254,10 @@ class LoRAMultiheadAttention(nn.Module):
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # -> (L, N, E)
         tgt_len, batch, width = query.shape
         src_len = key.shape[0]
-        q = self._heads(self.q_proj(query))  # (N, H, L, Dh)
-        k = self._heads(self.k_proj(key))  # (N, H, S, Dh)
-        v = self._heads(self.v_proj(value))  # (N, H, S, Dh)
+        inputs = self._lora_inputs(query, key, value)
+        q = self._heads(self._project("q", query, inputs))  # (N, H, L, Dh)
+        k = self._heads(self._project("k", key, inputs))  # (N, H, S, Dh)
+        v = self._heads(self._project("v", value, inputs))  # (N, H, S, Dh)
         mask = self._mask(attn_mask, key_padding_mask, batch, tgt_len, src_len, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0,
                                              is_causal=is_causal and mask is None)  # (N, H, L, Dh)
@@ -267,6 +287,7 @@ class LoRASpec:
     position: str = "all"  # see block_indices
     scaling: str = "sqrt"  # alpha / sqrt(r) (CLIP-LoRA) or "linear": alpha / r (loralib/DISEF)
     blocks: list = field(default_factory=list)  # filled by apply_lora: the adapted block indices
+    shared_dropout: bool = False  # one dropout mask for q/k/v's LoRA inputs (loralib MergedLinear, DISEF)
 
     def check(self) -> None:
         if self.encoder not in ("text", "vision"):
@@ -281,7 +302,8 @@ class LoRASpec:
 
 
 def lora_specs(encoder: str, r: int = 2, alpha: float = 1.0, dropout: float = 0.25, params: Sequence[str] = "qkv",
-               position: str = "all", scaling: str = "sqrt", text_r: int = 0, vision_r: int = 0) -> list[LoRASpec]:
+               position: str = "all", scaling: str = "sqrt", text_r: int = 0, vision_r: int = 0,
+               shared_dropout: bool = False) -> list[LoRASpec]:
     """Specs for ``encoder`` in text, vision or both (text first, as the reference numbers its layers).
 
     ``text_r``/``vision_r`` > 0 override ``r`` for that tower (DISEF: vision 64, text 16).
@@ -291,7 +313,7 @@ def lora_specs(encoder: str, r: int = 2, alpha: float = 1.0, dropout: float = 0.
     towers = ("text", "vision") if encoder == "both" else (encoder,)
     ranks = {"text": text_r or r, "vision": vision_r or r}
     return [LoRASpec(tower, ranks[tower], alpha, dropout, tuple(p for p in PROJECTIONS if p in params), position,
-                     scaling) for tower in towers]
+                     scaling, shared_dropout=shared_dropout) for tower in towers]
 
 
 def _resblocks(clip_model: nn.Module, encoder: str) -> nn.Sequential:
@@ -342,7 +364,7 @@ class LoRAWeights(nn.Module):
         return self
 
     def metadata(self) -> dict[str, Any]:
-        """CLIP-LoRA's metadata keys (§1.6) plus one entry per adapted tower (ranks may differ)."""
+        """CLIP-LoRA's metadata keys plus one entry per adapted tower (ranks may differ)."""
         first = self.specs[0]
         towers = [spec.encoder for spec in self.specs]
         return {
@@ -386,11 +408,12 @@ def apply_lora(clip_model: nn.Module, specs: Sequence[LoRASpec]) -> LoRAWeights:
             if isinstance(block.attn, LoRAMultiheadAttention):
                 raise LoRAError(f"{spec.encoder} block {index} already has LoRA; apply_lora once per model")
             attention = LoRAMultiheadAttention(block.attn, spec.params, spec.r, spec.alpha, spec.dropout,
-                                               spec.scaling)
+                                               spec.scaling, spec.shared_dropout)
             block.attn = attention.train(block.training)  # same mode as the model (eval merges)
             attentions.append(attention)
         logger.info(f"LoRA on {spec.encoder} blocks {spec.blocks}: {''.join(spec.params)}, r={spec.r}, "
-                    f"alpha={spec.alpha}, scaling={spec.scaling}, dropout={spec.dropout}")
+                    f"alpha={spec.alpha}, scaling={spec.scaling}, dropout={spec.dropout}"
+                    f"{' (one mask shared by the projections)' if spec.shared_dropout else ''}")
     return LoRAWeights(attentions, specs)
 
 
@@ -409,7 +432,7 @@ def mark_only_lora_as_trainable(model: nn.Module) -> int:
 
 
 def save_lora(path: str, weights: LoRAWeights, extra_metadata: Optional[dict] = None) -> None:
-    """Write CLIP-LoRA's file ``{'weights': {...}, 'metadata': {...}}`` (§1.6) atomically."""
+    """Write CLIP-LoRA's file ``{'weights': {...}, 'metadata': {...}}`` atomically."""
     metadata = {**weights.metadata(), **(extra_metadata or {})}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -421,7 +444,7 @@ def read_lora_file(path: str) -> dict[str, Any]:
     """The ``{'weights', 'metadata'}`` dict of a LoRA file, on the CPU."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LoRA weights not found at {path}; train a LoRA model or fix the path")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load_weights(path, map_location="cpu")
     if not isinstance(obj, dict) or "weights" not in obj or "metadata" not in obj:
         raise LoRAError(f"{path} is not a LoRA file (expected keys 'weights' and 'metadata')")
     return obj
@@ -429,8 +452,10 @@ def read_lora_file(path: str) -> dict[str, Any]:
 
 def specs_from_metadata(metadata: dict[str, Any]) -> list[LoRASpec]:
     """The ``LoRASpec``s a file was trained with; plain CLIP-LoRA files get its defaults (sqrt, dropout 0.25)."""
-    if "adapters" in metadata:
-        return [LoRASpec(**{**a, "params": tuple(a["params"]), "blocks": []}) for a in metadata["adapters"]]
+    if "adapters" in metadata:  # files written before shared_dropout existed get its default (per projection)
+        known = {f.name for f in fields(LoRASpec)}
+        return [LoRASpec(**{**{k: v for k, v in a.items() if k in known}, "params": tuple(a["params"]), "blocks": []})
+                for a in metadata["adapters"]]
     return lora_specs(metadata["encoder"], int(metadata["r"]), float(metadata["alpha"]),
                       params=metadata["params"], position=metadata["position"])
 
@@ -438,11 +463,17 @@ def specs_from_metadata(metadata: dict[str, Any]) -> list[LoRASpec]:
 def load_lora(path: str, weights: LoRAWeights) -> dict[str, Any]:
     """Copy A/B from ``path`` into ``weights`` after checking the metadata matches; returns the metadata."""
     obj = read_lora_file(path)
-    ours = weights.metadata()
-    for key in ("encoder", "r", "alpha", "params", "position", "adapters"):
-        if key in obj["metadata"] and obj["metadata"][key] != ours[key]:
-            raise LoRAError(f"{path}: LoRA metadata {key}={obj['metadata'][key]!r} but the model has {ours[key]!r}; "
+    ours, theirs = weights.metadata(), obj["metadata"]
+    for key in ("encoder", "r", "alpha", "params", "position"):
+        if key in theirs and theirs[key] != ours[key]:
+            raise LoRAError(f"{path}: LoRA metadata {key}={theirs[key]!r} but the model has {ours[key]!r}; "
                             "build the model with the file's settings")
+    if "adapters" in theirs:  # per tower; dropout settings do not change the tensors, so they may differ
+        shape = [{k: a.get(k) for k in WEIGHT_KEYS} for a in theirs["adapters"]]
+        if shape != [{k: a.get(k) for k in WEIGHT_KEYS} for a in ours["adapters"]]:
+            raise LoRAError(f"{path}: LoRA adapters {shape} but the model has "
+                            f"{[{k: a.get(k) for k in WEIGHT_KEYS} for a in ours['adapters']]}; build the model "
+                            "with the file's settings")
     flat = {f"{layer}.{proj}.{name}": tensor for layer, projs in obj["weights"].items()
             for proj, tensors in projs.items() for name, tensor in tensors.items()}
     weights.load_state_dict(flat, strict=True)

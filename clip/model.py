@@ -2,19 +2,23 @@
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021,
 arXiv:2103.00020.  Reference architecture: openai/CLIP ``clip/model.py`` (HEAD d05afc4); this file is
-our own implementation of the same maths, described in ``shared/specs/clip_model.md`` §1.
+our own implementation of the same maths.
 
-Compatibility contract (spec §1.7, §1.10):
+Compatibility contract (what CoOp-style code and LoRA code written against openai/CLIP rely on):
 - parameter names and shapes equal OpenAI's, so the released state dicts load with ``strict=True``;
 - every ``Transformer`` and ``ResidualAttentionBlock`` takes and returns sequence-first ``(L, N, D)``;
 - each block calls ``self.attn(x, x, x, need_weights=False, attn_mask=mask)[0]``, so LoRA code may
   replace ``resblock.attn`` with its own module.
 
-Deviations (none changes the outputs beyond float rounding, spec §4.5):
+Deviations (none changes the outputs beyond float rounding; tests/test_clip_model.py compares with
+open_clip):
 - attention runs through ``F.scaled_dot_product_attention`` with the packed ``in_proj_weight``;
 - the causal mask is a non-persistent buffer (moves with ``.to()``, absent from the state dict) and is
   sliced to the input length, so the text transformer accepts sequences shorter than 77;
-- ``VisionTransformer.forward`` takes optional shallow visual prompt tokens (DPT, ``shared/specs/dpt.md`` §2.1).
+- ``VisionTransformer.forward`` takes optional shallow visual prompt tokens (DPT's visual prompt, as in its
+  reference alvitawa/fomo, a CoPrompt/MaPLe fork);
+- both towers take optional deep prompts (layer-0 tokens replaced before layers 1..J-1, as in VPT-deep, IVLP and
+  MaPLe; the convention is described in ``clip/prompting.py``).  Without them the computation is unchanged.
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .prompting import TEXT_PROMPT_START, check_deep_prompts, insert_prompt_tokens, replace_prompt_tokens
+
 logger = logging.getLogger(__name__)
 
-HEAD_WIDTH = 64  # every released CLIP uses 64-wide attention heads; head counts are width // 64 (spec §1.8)
+# Every released CLIP uses 64-wide attention heads: openai/CLIP's build_model derives head counts as width // 64.
+HEAD_WIDTH = 64
 RESNET_DOWNSAMPLE = 32  # total stride of ModifiedResNet; the attention-pool grid is resolution // 32
-# State-dict entries that TorchScript archives carry in addition to the module's parameters (spec §2.2).
+# State-dict entries that OpenAI's TorchScript archives carry in addition to the module's parameters.
 ARCHIVE_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -49,6 +56,18 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+def set_mlp_activation(model: nn.Module, activation: Callable[[], nn.Module]) -> int:
+    """Give the MLP of every ``ResidualAttentionBlock`` in ``model`` a fresh ``activation()``; returns the count.
+
+    The activation holds no parameters and keeps OpenAI's submodule name ``mlp.gelu``, so state dicts are
+    unchanged.  Used for open_clip models trained with ``nn.GELU`` instead of QuickGELU.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, ResidualAttentionBlock)]
+    for block in blocks:
+        block.mlp.gelu = activation()
+    return len(blocks)
 
 
 class MultiheadAttention(nn.MultiheadAttention):
@@ -133,8 +152,24 @@ class Transformer(nn.Module):
         self.layers = layers
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.resblocks(x)
+    def forward(self, x: Tensor, deep_prompts: Sequence[Tensor] = (), prompt_start: int = TEXT_PROMPT_START) -> Tensor:
+        """Run the blocks on ``x (L, N, width)``.
+
+        Args:
+            deep_prompts: prompts of layers ``1 .. len(deep_prompts)``, each ``(P, width)`` or ``(N or 1, P,
+                width)``: before block ``k`` the ``P`` tokens at ``prompt_start`` are replaced by
+                ``deep_prompts[k-1]`` (``clip/prompting.py``).  Empty: the plain stack.
+            prompt_start: position of the first prompt token; negative counts from the end (``-P``: the last
+                ``P`` tokens, where the image tower appends its prompts).
+        """
+        if not deep_prompts:
+            return self.resblocks(x)
+        check_deep_prompts(deep_prompts, self.layers, deep_prompts[0].shape[-2])
+        for index, block in enumerate(self.resblocks):
+            if 0 < index <= len(deep_prompts):
+                x = replace_prompt_tokens(x, deep_prompts[index - 1], prompt_start)  # (L, N, width)
+            x = block(x)
+        return x
 
 
 class Bottleneck(nn.Module):
@@ -272,22 +307,33 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (N, G*G+1, width)
         return x + self.positional_embedding.to(x.dtype)
 
-    def forward(self, x: Tensor, prompt_tokens: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, prompt_tokens: Optional[Tensor] = None, deep_prompts: Sequence[Tensor] = ()) -> Tensor:
         """Encode images ``(N, 3, R, R)`` -> ``(N, output_dim)``.
 
         Args:
             x: images, already in the model's dtype.
-            prompt_tokens: optional shallow visual prompts ``(N or 1, P, width)``.  As in DPT/MaPLe
-                (``shared/specs/dpt.md`` §2.1) they are appended after the class and patch tokens, after the
-                positional embedding is added (they get none) and before ``ln_pre``; the output is still
-                read from the class token.  ``None`` leaves the computation exactly as without prompts.
+            prompt_tokens: optional shallow visual prompts ``(N or 1, P, width)`` or ``(P, width)``.  As in DPT
+                and MaPLe (alvitawa/fomo, muzairkhattak/multimodal-prompt-learning) they are appended after the
+                class and patch tokens, after the positional embedding is added (they get none) and before
+                ``ln_pre``; the output is still read from the class token.  ``None`` leaves the computation
+                exactly as without prompts.
+            deep_prompts: prompts of layers ``1 .. J-1`` (``(P, width)`` or ``(N or 1, P, width)`` each, the
+                same ``P``); each replaces the last ``P`` tokens before its block.  They need ``prompt_tokens``.
         """
+        if deep_prompts and prompt_tokens is None:
+            raise ValueError("VisionTransformer: deep_prompts replace the layer-0 prompt_tokens; pass both")
         x = self.embed(x)  # (N, G*G+1, width)
         if prompt_tokens is not None:
+            prompt_tokens = prompt_tokens.unsqueeze(0) if prompt_tokens.dim() == 2 else prompt_tokens  # (1|N, P, width)
             x = append_prompt_tokens(x, prompt_tokens)  # (N, G*G+1+P, width)
         x = self.ln_pre(x)
         x = x.permute(1, 0, 2)  # (L, N, width)
-        x = self.transformer(x)
+        if deep_prompts:
+            n_prompts = prompt_tokens.shape[-2]
+            check_deep_prompts(deep_prompts, self.transformer.layers, n_prompts)
+            x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=-n_prompts)
+        else:
+            x = self.transformer(x)
         x = x.permute(1, 0, 2)  # (N, L, width)
         x = self.ln_post(x[:, 0, :])  # (N, width): class token
         return x @ self.proj  # (N, output_dim)
@@ -314,6 +360,9 @@ class CLIP(nn.Module):
     """Contrastive Language-Image Pre-training model (Radford et al. 2021, arXiv:2103.00020).
 
     ``vision_layers`` as a 4-sequence builds a ModifiedResNet, as an int a VisionTransformer.
+    ``vision_head_width`` (64 in every OpenAI model, 80 in open_clip's ViT-H-14) sets the image tower's head
+    count; ``quick_gelu=False`` gives every transformer MLP ``nn.GELU`` instead of QuickGELU (open_clip models
+    trained with GELU).  Neither changes a state-dict key.
     """
 
     def __init__(
@@ -328,12 +377,14 @@ class CLIP(nn.Module):
         transformer_width: int,
         transformer_heads: int,
         transformer_layers: int,
+        vision_head_width: int = HEAD_WIDTH,
+        quick_gelu: bool = True,
     ) -> None:
         super().__init__()
         self.context_length = context_length
         if isinstance(vision_layers, (tuple, list)):
             self.visual: nn.Module = ModifiedResNet(
-                layers=vision_layers, output_dim=embed_dim, heads=vision_width * 32 // HEAD_WIDTH,
+                layers=vision_layers, output_dim=embed_dim, heads=vision_width * 32 // vision_head_width,
                 input_resolution=image_resolution, width=vision_width,
             )
         else:
@@ -341,10 +392,12 @@ class CLIP(nn.Module):
                 raise ValueError("CLIP: vision_patch_size is None but vision_layers is an int (ViT); pass a patch size")
             self.visual = VisionTransformer(
                 input_resolution=image_resolution, patch_size=vision_patch_size, width=vision_width,
-                layers=vision_layers, heads=vision_width // HEAD_WIDTH, output_dim=embed_dim,
+                layers=vision_layers, heads=vision_width // vision_head_width, output_dim=embed_dim,
             )
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads,
                                        attn_mask=build_causal_mask(context_length))
+        if not quick_gelu:  # open_clip models trained with nn.GELU (most LAION/DataComp ones)
+            set_mlp_activation(self, nn.GELU)
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
@@ -380,26 +433,45 @@ class CLIP(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    def encode_image(self, image: Tensor, prompt_tokens: Optional[Tensor] = None) -> Tensor:
-        """Images ``(N, 3, R, R)`` -> features ``(N, E)``; ``prompt_tokens``: ViT only, see VisionTransformer."""
+    def encode_image(self, image: Tensor, prompt_tokens: Optional[Tensor] = None,
+                     deep_prompts: Sequence[Tensor] = ()) -> Tensor:
+        """Images ``(N, 3, R, R)`` -> features ``(N, E)``; prompts: ViT only, see VisionTransformer.forward."""
         image = image.to(self.dtype)
-        if prompt_tokens is None:
+        if prompt_tokens is None and not deep_prompts:
             return self.visual(image)
         if not isinstance(self.visual, VisionTransformer):
             raise ValueError("CLIP.encode_image: prompt_tokens need a ViT image tower; this model uses "
                              f"{type(self.visual).__name__}")
-        return self.visual(image, prompt_tokens=prompt_tokens)
+        return self.visual(image, prompt_tokens=prompt_tokens, deep_prompts=deep_prompts)
 
-    def encode_text(self, text: Tensor) -> Tensor:
-        """Token ids ``(N, L <= context_length)`` -> features ``(N, E)`` read at the EOT (highest id) position."""
-        seq_len = text.shape[1]
+    def encode_text(self, text: Tensor, prompt_tokens: Optional[Tensor] = None,
+                    deep_prompts: Sequence[Tensor] = ()) -> Tensor:
+        """Token ids ``(N, L <= context_length)`` -> features ``(N, E)`` read at the EOT (highest id) position.
+
+        Args:
+            prompt_tokens: optional layer-0 prompts ``(P, W)`` or ``(N or 1, P, W)`` inserted right after SOT;
+                the rest of each row (and its EOT) moves back by ``P`` and the padding beyond the context
+                length is dropped.  ``"a photo of a cat."`` with the prompts for "a photo" equals ``"of a cat."``
+                with them inserted.
+            deep_prompts: prompts of layers ``1 .. J-1``, each replacing the ``P`` prompt positions before its
+                block (``clip/prompting.py``); they need ``prompt_tokens``.
+        """
+        if deep_prompts and prompt_tokens is None:
+            raise ValueError("CLIP.encode_text: deep_prompts replace the layer-0 prompt_tokens; pass both")
         x = self.token_embedding(text).to(self.dtype)  # (N, L, W)
+        eot = text.argmax(dim=-1)  # (N,): EOT has the largest id
+        if prompt_tokens is not None:
+            x, eot = insert_prompt_tokens(x, eot, prompt_tokens, self.context_length)  # (N, L', W)
+        seq_len = x.shape[1]
         x = x + self.positional_embedding[:seq_len].to(self.dtype)
         x = x.permute(1, 0, 2)  # (L, N, W)
-        x = self.transformer(x)
+        if deep_prompts:
+            check_deep_prompts(deep_prompts, self.transformer.layers, prompt_tokens.shape[-2])
+            x = self.transformer(x, deep_prompts=deep_prompts, prompt_start=TEXT_PROMPT_START)
+        else:
+            x = self.transformer(x)
         x = x.permute(1, 0, 2)  # (N, L, W)
         x = self.ln_final(x).to(self.dtype)
-        eot = text.argmax(dim=-1)  # (N,): EOT has the largest id
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # (N, E)
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
@@ -415,7 +487,7 @@ class CLIP(nn.Module):
 def convert_weights(model: nn.Module) -> None:
     """Cast conv/linear/attention weights and the ``proj``/``text_projection`` matrices to fp16, in place.
 
-    LayerNorm, BatchNorm, embeddings, positional embeddings and ``logit_scale`` stay fp32 (spec §1.9).
+    LayerNorm, BatchNorm, embeddings, positional embeddings and ``logit_scale`` stay fp32, as in openai/CLIP.
     """
 
     def _to_fp16(module: nn.Module) -> None:
@@ -443,7 +515,7 @@ def _count_blocks(state_dict: dict, prefix: str) -> int:
 
 
 def infer_config(state_dict: dict) -> dict:
-    """Constructor arguments of ``CLIP`` inferred from an OpenAI-layout state dict (spec §1.8)."""
+    """Constructor arguments of ``CLIP`` inferred from an OpenAI-layout state dict (openai/CLIP's rules)."""
     if "visual.proj" in state_dict:
         vision_width = state_dict["visual.conv1.weight"].shape[0]
         vision_layers: Union[int, tuple] = len([k for k in state_dict

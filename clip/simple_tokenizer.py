@@ -1,10 +1,10 @@
 """CLIP's byte-level BPE tokenizer with OpenAI's exact semantics (Radford et al. 2021, arXiv:2103.00020).
 
 The merge table ``bpe_simple_vocab_16e6.txt.gz`` is read from the installed ``open_clip_torch`` wheel (the same
-bytes OpenAI ships, spec ``shared/specs/clip_model.md`` §3.1), located without importing ``open_clip``.
-The algorithm (§3.2-§3.7) is implemented here so ids follow OpenAI, not open_clip, where they differ
-(§3.10): special tokens are spelled ``<|startoftext|>``/``<|endoftext|>`` and are recognised in input text,
-and whitespace is collapsed with the regex ``\\s+``.  Tests compare the ids against open_clip's tokenizer.
+bytes as openai/CLIP's copy), located without importing ``open_clip``.  The algorithm (byte-to-unicode table,
+cleaning, pre-tokenisation, BPE merges, decoding) is implemented here so ids follow openai/CLIP, not open_clip,
+where the two differ: special tokens are spelled ``<|startoftext|>``/``<|endoftext|>`` and are recognised in
+input text, and whitespace is collapsed with the regex ``\\s+``.  Tests compare the ids against open_clip's tokenizer.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SOT_TEXT = "<|startoftext|>"  # id 49406
 EOT_TEXT = "<|endoftext|>"  # id 49407
 N_MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab 49408 = 2*256 byte symbols + 48894 merges + 2 specials
 END_OF_WORD = "</w>"
-# Pre-tokenisation (spec §3.5): specials, contractions, letter runs, ONE digit, runs of other non-space chars.
+# Pre-tokenisation as openai/CLIP's regex: specials, contractions, letter runs, ONE digit, other non-space runs.
 _PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 

@@ -2,11 +2,11 @@
 
 Same architecture family as Radford et al. 2021 (arXiv:2103.00020), scaled down.  Context length 77 and
 vocabulary 49408 are kept so the real BPE tokenizer works; widths are multiples of 64 because
-``build_model`` infers head counts as width // 64 (spec ``shared/specs/clip_model.md`` §1.8).
+``build_model`` infers head counts as width // 64, as openai/CLIP does (head counts are not stored).
 
-Weights are random but every tensor is informative (spec §4.3 step 2): LayerNorm/BatchNorm scales near 1,
-non-zero BatchNorm statistics, no zeroed ``bn3``.  They are pre-rounded to fp16 so that the fp16 recipe
-of ``build_model`` is lossless, and ``logit_scale`` is ln(100) as in the released checkpoints.
+Weights are random but every tensor is informative, so that a wrong wiring changes the outputs:
+LayerNorm/BatchNorm scales near 1, non-zero BatchNorm statistics, no zeroed ``bn3``.  They are pre-rounded to
+fp16 so that the fp16 recipe of ``build_model`` is lossless, and ``logit_scale`` is ln(100) as in the released checkpoints.
 """
 
 from __future__ import annotations

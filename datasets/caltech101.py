@@ -18,6 +18,9 @@ NEW_CNAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "
 
 @DATASET_REGISTRY.register()
 class Caltech101(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+
     dataset_dir = "caltech-101"
     image_folder = "101_ObjectCategories"
     split_file = "split_zhou_Caltech101.json"

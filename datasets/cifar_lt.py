@@ -204,6 +204,28 @@ class CIFAR10LT(CIFARLongTail):
 
 @DATASET_REGISTRY.register()
 class CIFAR100LT(CIFARLongTail):
+    # Prompts whose text features are averaged (DISEF's CIFAR-100 list, CLIP's 18 CIFAR templates)
+    TEMPLATES = (
+        "a photo of a {}.",
+        "a blurry photo of a {}.",
+        "a black and white photo of a {}.",
+        "a low contrast photo of a {}.",
+        "a high contrast photo of a {}.",
+        "a bad photo of a {}.",
+        "a good photo of a {}.",
+        "a photo of a small {}.",
+        "a photo of a big {}.",
+        "a photo of the {}.",
+        "a blurry photo of the {}.",
+        "a black and white photo of the {}.",
+        "a low contrast photo of the {}.",
+        "a high contrast photo of the {}.",
+        "a bad photo of the {}.",
+        "a good photo of the {}.",
+        "a photo of the small {}.",
+        "a photo of the big {}.",
+    )
+
     dataset_dir = "cifar-100-python"
     base_folder = "cifar-100-python"
     train_files = ("train",)

@@ -28,3 +28,5 @@ class COCOLT(MultiLabelLongTail):
     test_list = "coco_lt_test.txt"
     caption_file = "coco_lt_captions.txt"
     CLASSNAMES = COCO_CLASSNAMES
+    DBL_NEG_SCALE = 2.0  # DB loss: negative-logit scale (LMPT train.py, DBL config)
+    DBL_MAP_MU = 0.2  # DB loss: centre of the re-balancing map

@@ -14,6 +14,9 @@ from .splits import read_and_split_data
 
 @DATASET_REGISTRY.register()
 class DescribableTextures(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "{} texture."
+
     dataset_dir = "dtd"
     image_folder = "images"
     split_file = "split_zhou_DescribableTextures.json"

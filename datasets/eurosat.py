@@ -27,6 +27,9 @@ NEW_CNAMES = {
 
 @DATASET_REGISTRY.register()
 class EuroSAT(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a centered satellite photo of {}."
+
     dataset_dir = "eurosat"
     image_folder = "2750"
     split_file = "split_zhou_EuroSAT.json"

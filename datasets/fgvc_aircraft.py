@@ -16,6 +16,9 @@ from .coop_base import CoOpDataset, Splits
 
 @DATASET_REGISTRY.register()
 class FGVCAircraft(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}, a type of aircraft."
+
     dataset_dir = "fgvc_aircraft"
     image_folder = "images"
     split_file = ""  # official lists, read every time

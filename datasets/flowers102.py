@@ -35,6 +35,9 @@ def flower_classnames() -> List[str]:
 
 @DATASET_REGISTRY.register()
 class Flowers102(DatasetBase):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}, a type of flower."
+
     dataset_dir = "flowers-102"  # torchvision's folder: Flowers102(root=DATASET.ROOT, download=True) creates it
 
     def __init__(self, cfg):

@@ -14,6 +14,9 @@ from .splits import read_and_split_data
 
 @DATASET_REGISTRY.register()
 class Food101(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of {}, a type of food."
+
     dataset_dir = "food-101"
     image_folder = "images"
     split_file = "split_zhou_Food101.json"

@@ -64,6 +64,19 @@ def read_wnid_folders(image_dir: str, classnames: Dict[str, str], dataset: str) 
 
 @DATASET_REGISTRY.register()
 class ImageNet(DatasetBase):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+    # Prompts whose text features are averaged (DISEF's ImageNet list = CLIP's 7-template ensemble)
+    TEMPLATES = (
+        "itap of a {}.",
+        "a bad photo of the {}.",
+        "a origami {}.",
+        "a photo of the large {}.",
+        "a {} in a video game.",
+        "art of the {}.",
+        "a photo of the small {}.",
+    )
+
     dataset_dir = "imagenet"
 
     def __init__(self, cfg):

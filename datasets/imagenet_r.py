@@ -11,5 +11,8 @@ from .imagenet_variants import ImageNetVariant
 
 @DATASET_REGISTRY.register()
 class ImageNetR(ImageNetVariant):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+
     dataset_dir = "imagenet-rendition"
     image_folder = "imagenet-r"

@@ -10,5 +10,8 @@ from .imagenet_variants import ImageNetVariant
 
 @DATASET_REGISTRY.register()
 class ImageNetSketch(ImageNetVariant):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+
     dataset_dir = "imagenet-sketch"
     image_folder = "images"

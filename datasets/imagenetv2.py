@@ -18,6 +18,9 @@ from .splits import require_path
 
 @DATASET_REGISTRY.register()
 class ImageNetV2(ImageNetVariant):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+
     dataset_dir = "imagenetv2"
     image_folder = "imagenetv2-matched-frequency-format-val"
 

@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 from dassl.config import register_cfg_defaults
 from dassl.data.datasets import Datum, DatasetBase, register_dataset_postprocess
+from dassl.utils import is_main_process
 
 from .splits import load_datum_pickle, save_datum_pickle
 
@@ -206,7 +207,7 @@ def apply_label_noise(dataset: DatasetBase, cfg) -> DatasetBase:
         rng = random.Random(f"{NOISE_RNG_SALT}-{cfg.SEED}")
         noisy = literal_noise(true, num_fp, rng) if literal else per_class_noise(true, num_fp, rng)
     noisy_train = with_labels(train, noisy, true)
-    if path and generated:
+    if path and generated and is_main_process():  # torchrun: every rank draws the same labels, rank 0 writes them
         save_datum_pickle({"train": noisy_train}, path, folder)
         logger.info(f"Saved noisy labels to {path}")
     n_noisy = sum(n != t for n, t in zip(noisy, true))

@@ -106,6 +106,12 @@ class MultiLabelLongTail(DatasetBase):
     test_list = ""
     caption_file = ""
     CLASSNAMES: Tuple[str, ...] = ()  # label order = index in the list files (the order of <name>_labels.txt)
+    # Distribution-Balanced loss constants of this benchmark, which LMPT hard-codes per dataset (equal to the DB
+    # paper's configs): the negative-logit scale of its negative-tolerant regularisation and the centre of its
+    # re-balancing map.  The LMPT trainer reads them unless TRAINER.LMPT.DBL.NEG_SCALE / MAP_MU are set.
+    # Defaults: COCO-LT's values, which LMPT uses for any dataset other than VOC-LT.
+    DBL_NEG_SCALE: float = 2.0
+    DBL_MAP_MU: float = 0.2
 
     def __init__(self, cfg):
         name = type(self).__name__

@@ -22,6 +22,9 @@ P_TRAIN, P_VAL = 0.5, 0.2  # CoOp's per-class fractions; the rest is test
 
 @DATASET_REGISTRY.register()
 class OxfordFlowers(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}, a type of flower."
+
     dataset_dir = "oxford_flowers"
     image_folder = "jpg"
     split_file = "split_zhou_OxfordFlowers.json"

@@ -16,6 +16,9 @@ from .splits import split_trainval
 
 @DATASET_REGISTRY.register()
 class OxfordPets(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}, a type of pet."
+
     dataset_dir = "oxford_pets"
     image_folder = "images"
     split_file = "split_zhou_OxfordPets.json"

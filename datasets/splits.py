@@ -56,12 +56,39 @@ def read_split(filepath: str, path_prefix: str) -> Tuple[List[Datum], List[Datum
     """Read a CoOp split JSON into (train, val, test) lists of ``Datum`` under ``path_prefix``."""
     logger.info(f"Reading split from {filepath}")
     split = read_json(filepath)
+    check_split_labels(split, filepath)
 
     def _convert(items) -> List[Datum]:
         return [Datum(impath=osp.join(path_prefix, impath), label=int(label), classname=classname)
                 for impath, label, classname in items]
 
     return _convert(split["train"]), _convert(split["val"]), _convert(split["test"])
+
+
+class SplitFileError(ValueError):
+    """A split JSON whose entries are malformed, or whose labels do not fit its class names."""
+
+
+def check_split_labels(split: object, filepath: str) -> None:
+    """Every entry is ``[path, label, classname]``, the n distinct labels are exactly 0..n-1, and each label
+    always comes with the same class name; else one line naming the file and the first bad entry."""
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
+        raise SplitFileError(f"{filepath}: expected train/val/test lists of [path, label, classname]; re-download "
+                             "the split file or delete it so it is rebuilt")
+    names: Dict[int, str] = {}
+    entries = [(name, i, entry) for name in ("train", "val", "test") for i, entry in enumerate(split[name])]
+    for name, i, entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+            raise SplitFileError(f"{filepath}: {name}[{i}] = {entry!r} is not [path, label, classname]")
+        label, classname = entry[1], entry[2]
+        if names.setdefault(label, classname) != classname:
+            raise SplitFileError(f"{filepath}: {name}[{i}] gives label {label} the class name {classname!r}, other "
+                                 f"entries {names[label]!r}")
+    n_classes = len(names)  # labels must be exactly 0..n-1
+    for name, i, entry in entries:
+        if not 0 <= entry[1] < n_classes:
+            raise SplitFileError(f"{filepath}: {name}[{i}] has label {entry[1]}, outside 0..{n_classes - 1} for the "
+                                 f"{n_classes} classes the file names; fix or re-download the split file")
 
 
 def save_split(train, val, test, filepath: str, path_prefix: str) -> None:
@@ -107,6 +134,9 @@ def read_and_split_data(
 ) -> Tuple[List[Datum], List[Datum], List[Datum]]:
     """One folder per class → 50/20/30 train/val/test per class (DTD's ``read_and_split_data``)."""
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in set(ignored))
+    if not categories:
+        raise DatasetNotFoundError(f"{image_dir} holds no class folders; put one folder of images per class there "
+                                   "(layouts: DATASETS.md)")
     p_tst = 1 - p_trn - p_val
     logger.info(f"Splitting into {p_trn:.0%} train, {p_val:.0%} val, and {p_tst:.0%} test")
 
@@ -125,7 +155,8 @@ def read_and_split_data(
         n_val = round(n_total * p_val)
         n_test = n_total - n_train - n_val
         if min(n_train, n_val, n_test) <= 0:
-            raise ValueError(f"class folder {category_dir} has too few images ({n_total}) for a 50/20/30 split")
+            raise ValueError(f"class folder {category_dir} has too few images ({n_total}) for a 50/20/30 split; "
+                             "add images or remove the folder")
         classname = new_cnames.get(category, category) if new_cnames else category
         train.extend(_collate(images[:n_train], label, classname))
         val.extend(_collate(images[n_train:n_train + n_val], label, classname))
@@ -254,6 +285,18 @@ def load_datum_pickle(path: str, root: str, rewrite: bool = True) -> Dict[str, O
     return fixed
 
 
+def warn_short_classes(items: Sequence[Datum], num_shots: int) -> None:
+    """One log line when some classes have fewer than ``num_shots`` training images (they keep all of them)."""
+    counts: Dict[int, int] = {}
+    for item in items:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    short = {label: n for label, n in counts.items() if n < num_shots}
+    if short:
+        logger.warning(f"DATASET.NUM_SHOTS {num_shots}: {len(short)} of {len(counts)} classes have fewer training "
+                       f"images (as few as {min(short.values())}); they keep all they have (Dassl's sampling, no "
+                       "repeats), so the few-shot set is smaller than NUM_SHOTS x classes")
+
+
 def load_or_create_fewshot(
     dataset: DatasetBase,
     dataset_dir: str,
@@ -270,6 +313,7 @@ def load_or_create_fewshot(
     if num_shots < 1:
         return train, val
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
+    warn_short_classes(train, num_shots)
     if osp.exists(path):
         logger.info(f"Loading preprocessed few-shot data from {path}")
         data = load_datum_pickle(path, dataset_dir)

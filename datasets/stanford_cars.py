@@ -25,6 +25,20 @@ def year_first(name: str) -> str:
 
 @DATASET_REGISTRY.register()
 class StanfordCars(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+    # Prompts whose text features are averaged (DISEF's StanfordCars list)
+    TEMPLATES = (
+        "a photo of a {}.",
+        "a photo of the {}.",
+        "a photo of my {}.",
+        "i love my {}!",
+        "a photo of my dirty {}.",
+        "a photo of my clean {}.",
+        "a photo of my new {}.",
+        "a photo of my old {}.",
+    )
+
     dataset_dir = "stanford_cars"
     image_folder = ""  # split paths look like cars_train/00001.jpg
     split_file = "split_zhou_StanfordCars.json"

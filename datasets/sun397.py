@@ -25,6 +25,11 @@ def display_name(class_key: str) -> str:
 
 @DATASET_REGISTRY.register()
 class SUN397(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+    # Prompts whose text features are averaged (DISEF's SUN397 list)
+    TEMPLATES = ("a photo of a {}.", "a photo of the {}.")
+
     dataset_dir = "sun397"
     image_folder = "SUN397"
     split_file = "split_zhou_SUN397.json"

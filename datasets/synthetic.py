@@ -12,10 +12,12 @@ import logging
 import math
 import os
 import os.path as osp
+import pickle
 import random
 import shutil
 from typing import List, Tuple
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from dassl.config import register_cfg_defaults
@@ -153,6 +155,9 @@ def generate_synthetic(dataset_dir: str, num_classes: int, counts: Tuple[int, in
 class Synthetic(DatasetBase):
     """Coloured shapes on textured backgrounds, generated deterministically on first use."""
 
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a {}."
+
     dataset_dir = "synthetic"
 
     def __init__(self, cfg):
@@ -173,3 +178,33 @@ class Synthetic(DatasetBase):
         train, val = load_or_create_fewshot(self, self.dataset_dir, cfg.DATASET.NUM_SHOTS, cfg.SEED, train, val)
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=val, test=test)
+
+
+def write_cifar10_shapes(folder: str, num_classes: int = 10, train_per_class: int = 100, test_per_class: int = 20,
+                         seed: int = 0) -> None:
+    """Write 32x32 shapes of the first ``num_classes`` classes as CIFAR-10's "python version" into ``folder``.
+
+    The files of the official archive (``batches.meta``, ``data_batch_1..5``, ``test_batch``): Python-2-style
+    pickles (protocol 2, bytes keys), ``data`` rows of 3072 uint8 (the R, G and B planes of an image), labels
+    interleaved as in the real files.  ``CIFAR10LT`` reads them as the real dataset (long-tail cut included), so
+    CIFAR-LT methods run offline.  Drawn from their own stream (``"cifar-<seed>-<index>"``).
+    """
+    os.makedirs(folder, exist_ok=True)
+
+    def dump(name: str, obj: dict) -> None:
+        with open(osp.join(folder, name), "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    def batch(name: str, labels: List[int]) -> dict:
+        images = [render_image(random.Random(f"cifar-{seed}-{name}-{i}"), 32, class_spec(c)[0], class_spec(c)[2])
+                  for i, c in enumerate(labels)]
+        rows = np.stack([np.asarray(im, np.uint8).transpose(2, 0, 1).reshape(-1) for im in images])  # (N, 3072)
+        return {b"batch_label": name.encode(), b"labels": labels, b"data": rows,
+                b"filenames": [f"{name}_{i}.png".encode() for i in range(len(labels))]}
+
+    train_labels = np.arange(num_classes * train_per_class) % num_classes
+    for k, chunk in enumerate(np.array_split(train_labels, 5)):
+        dump(f"data_batch_{k + 1}", batch(f"data_batch_{k + 1}", chunk.tolist()))
+    dump("test_batch", batch("test_batch", (np.arange(num_classes * test_per_class) % num_classes).tolist()))
+    dump("batches.meta", {b"label_names": [n.encode() for n in class_names(num_classes)],
+                          b"num_cases_per_batch": num_classes * train_per_class // 5, b"num_vis": 3072})

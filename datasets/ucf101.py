@@ -27,6 +27,9 @@ def rename_action(action: str) -> str:
 
 @DATASET_REGISTRY.register()
 class UCF101(CoOpDataset):
+    # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
+    TEMPLATE = "a photo of a person doing {}."
+
     dataset_dir = "ucf101"
     image_folder = "UCF-101-midframes"
     split_file = "split_zhou_UCF101.json"

@@ -21,3 +21,5 @@ class VOCLT(MultiLabelLongTail):
     test_list = "voc_lt_test.txt"
     caption_file = "voc_lt_captions.txt"
     CLASSNAMES = VOC_CLASSNAMES
+    DBL_NEG_SCALE = 5.0  # DB loss: negative-logit scale (LMPT train.py, DBL config)
+    DBL_MAP_MU = 0.3  # DB loss: centre of the re-balancing map

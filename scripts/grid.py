@@ -8,7 +8,9 @@ Each run is ``train.py`` into the same output folder a per-method shell script w
 ``log.txt`` has a result after ``Finish training`` is skipped; a run that was killed is started
 again into its folder and resumes from its last checkpoint. Jobs go through submitit: its local
 executor (``executor: local``, ``workers`` at a time, one GPU each when ``gpus`` are listed) or
-Slurm job arrays (``executor: slurm``; preempted jobs are requeued and resume).
+Slurm job arrays (``executor: slurm``; preempted jobs are requeued and resume). submitit comes with the
+optional ``cluster`` extra (``pip install "vlprompt[cluster]"``); without it ``--dry-run`` and the result
+table of a finished grid still work, and a grid with runs left stops with one line naming the extra.
 
 Example grid.yaml::
 
@@ -56,8 +58,10 @@ def _pickle_jobs_by_value() -> None:
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
     except (ImportError, KeyError, ValueError):
-        pass
+        pass  # submitit depends on cloudpickle, so this is only reached when no job can be submitted anyway
 
+
+CLUSTER_INSTALL = 'pip install "vlprompt[cluster]"'
 DEFAULT_LAYOUT = "{dataset}/{trainer}/{config}_{shots}shots/seed{seed}"
 GRID_KEYS = {"root", "output_root", "datasets", "shots", "seeds", "runs", "opts", "executor", "workers", "gpus",
              "slurm", "subsample"}
@@ -85,6 +89,20 @@ class Run:
 
 class GridError(ValueError):
     """A grid file is wrong; the message names the key and the file."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra and the install command."""
+
+
+def import_submitit():
+    """The ``submitit`` module, which runs the jobs; it comes with the optional ``cluster`` extra."""
+    try:
+        import submitit
+    except ImportError as err:
+        raise MissingExtraError(f"scripts/grid.py runs jobs through submitit, from the optional 'cluster' extra, "
+                                f"which is not installed; install it with: {CLUSTER_INSTALL}") from err
+    return submitit
 
 
 def _check_keys(section: Dict[str, Any], allowed: set, where: str, path: str) -> None:
@@ -186,8 +204,7 @@ class TrainJob:
         return code
 
     def checkpoint(self, *args, **kwargs):
-        import submitit
-
+        submitit = import_submitit()
         return submitit.helpers.DelayedSubmission(TrainJob(self.argv, self.cuda_device))
 
 
@@ -212,8 +229,7 @@ def slurm_parameters(grid: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def make_executor(grid: Dict[str, Any], log_folder: str):
-    import submitit
-
+    submitit = import_submitit()
     kind = grid.get("executor", "local")
     if kind == "slurm":
         executor = submitit.AutoExecutor(folder=log_folder, cluster="slurm")
@@ -284,6 +300,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     runs = expand_grid(grid)
     todo = [r for r in runs if not is_finished(r.output_dir)]
+    if todo and not args.dry_run:
+        try:  # before anything is started or logged: a missing extra is one line, not a traceback per job
+            import_submitit()
+        except MissingExtraError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     logger.info(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
         for r in runs:

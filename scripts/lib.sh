@@ -8,6 +8,7 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+SCRIPT_PATH="$(_abspath "$0")"  # the calling script, for its usage text (read after the cd below)
 DATA="$(_abspath "${DATA:-$ROOT/data}")"
 OUTPUT="$(_abspath "${OUTPUT:-$ROOT/output}")"
 if [ -z "${PYTHON:-}" ]; then

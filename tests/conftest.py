@@ -41,3 +41,14 @@ def pretrained_tiny_dir(tmp_path_factory) -> str:
     state_dict, _ = pretrain_tiny_clip(PretrainConfig(arch="vit"))
     save_state_dict(state_dict, str(folder / PRETRAINED_TINY["tiny-vit-synthetic"][0]))
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> str:
+    """A folder shared by all xdist workers of this session (the registry tests' reference runs live there)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's basetemp is a child of the session's
+    folder = os.path.join(str(base), "shared")
+    os.makedirs(folder, exist_ok=True)
+    return folder

@@ -31,7 +31,7 @@ def write_real_images(folder: str, per_class: int = 2, size: tuple[int, int] = (
 @lru_cache(maxsize=None)
 def tiny_models():
     """(img2img pipeline, llava model, llava processor), built once per session, random but seeded."""
-    from vlprompt.trainers.common.disef_generation import tiny_img2img_pipeline, tiny_llava
+    from vlprompt.trainers.disef.fakes import tiny_img2img_pipeline, tiny_llava
 
     words = [w for name in CLASSNAMES for w in name.split()]
     pipe = tiny_img2img_pipeline(words, seed=0)
@@ -98,6 +98,6 @@ class SolidGenerator:
 
 
 def files_on_disk(root: str) -> set[str]:
-    from vlprompt.trainers.common.disef_generation import image_files
+    from vlprompt.trainers.disef.manifest import image_files
 
     return {osp.relpath(p, root) for p in image_files(root, partial=False)}

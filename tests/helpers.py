@@ -132,3 +132,35 @@ def tiny_clip_fp32(arch: str = "vit"):
     from vlprompt.clip.tiny import tiny_state_dict
 
     return build_model(tiny_state_dict(arch), fp16=False).float().eval()
+
+
+def run_forked(argv: Sequence[str], nproc: int = 1, before=None) -> List[int]:
+    """``train.py argv`` in ``nproc`` children forked from this process (already holding torch and vlprompt,
+    so nothing is imported again); with ``nproc`` > 1 they form a gloo process group as torchrun's ranks would.
+
+    ``before(rank)`` runs in each child first (e.g. to install a fault).  Returns each child's exit code, or
+    ``-signal`` when it was killed by a signal (as ``subprocess`` reports it).
+    """
+    port = free_port()
+    children = []
+    for rank in range(nproc):
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                if nproc > 1:
+                    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                if before is not None:
+                    before(rank)
+                code = run_train(list(argv))
+            except BaseException:  # noqa: B036  (report anything, then leave the child)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]

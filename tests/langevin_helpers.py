@@ -1,7 +1,7 @@
 """Helpers for the LangevinCoOp tests: a learnable synthetic CIFAR-10-LT copy and in-process runs of train.py.
 
 ``write_shape_cifar10`` writes the official CIFAR-10 "python version" layout (``batches.meta``,
-``data_batch_1..5``, ``test_batch``; bytes keys, protocol 2, langevin_coop.md §7.1) with 32x32 coloured shapes
+``data_batch_1..5``, ``test_batch``; bytes keys, pickle protocol 2, as the official files) with 32x32 coloured shapes
 drawn by ``datasets/synthetic.py`` instead of photos, so the ``CIFAR10LT`` reader (long-tail subsampling
 included) runs unchanged and the classes ("red circle", ...) are visually distinct.
 """
@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from helpers import REPO_ROOT, build, run_train  # noqa: F401  (run_train: re-exported for the tests)
 from vlprompt.datasets.synthetic import class_names, class_spec, render_image
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO_ROOT, "configs", "trainers", "LangevinCoOp")
 PHASE1_CONFIG = osp.join(CONFIG_DIR, "tiny_vit_ctx4_csc_nonoise_ep6_batch32.yaml")
 PHASE2_CONFIG = osp.join(CONFIG_DIR, "tiny_vit_ctx4_csc_ld_ep12_batch32.yaml")
@@ -73,18 +73,8 @@ def train_args(root: str, output_dir: str, phase: int, seed: int = 1, init_from:
     return args + (extra or []) + ["DATASET.IMB_RATIO", "0.1"] + (opts or [])  # flags before the KEY VALUE opts
 
 
-def run_train(argv: List[str]) -> int:
-    from vlprompt import train
-
-    return train.cli(argv)
-
-
 def build_trainer_in_process(argv: List[str]):
     """The trainer ``train.py argv`` would build (config merged and frozen, seed set), without running it."""
-    from vlprompt import train
-    from dassl.engine import build_trainer
-    from dassl.utils import set_random_seed
+    from vlprompt.train import build_parser, setup_cfg
 
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+    return build(setup_cfg(build_parser().parse_args(argv)))

@@ -4,11 +4,13 @@ Checked: CLIP-LoRA beats ZeroshotCLIP on the base classes with the tiny CLIP (ra
 zero-shot accuracy is at chance); the run lasts exactly ITERS_PER_SHOT x shots iterations with a per-iteration
 cosine ending at ETA_MIN; only LoRA tensors train and are checkpointed, and an eval-only run on the novel classes
 reloads them; early stopping restores the best epoch (also after a resume) and the literal switch stops one
-epoch later; bad settings fail in check_cfg with the key in the message.
+epoch later; bad settings fail in check_cfg with the key in the message; under torchrun a last batch split 3 + 2
+over two ranks still gives the single-process A/B.
 """
 from __future__ import annotations
 
 import math
+import os
 import os.path as osp
 
 import pytest
@@ -159,3 +161,25 @@ def test_resume_after_kill_is_bit_identical(base_run, data_root, tmp_path, monke
     assert all(torch.equal(expected[k], v) for k, v in resumed.model.lora.state_dict().items())
     assert resumed._scheds["lora"].last_epoch == ITERS_PER_SHOT * 8
     close_logger()
+
+
+def test_torchrun_uneven_last_batch_equals_single_process(data_root, tmp_path):
+    """1 shot x 5 base classes with batch 8: each epoch is one partial batch split 3 + 2 over two ranks; the loss
+    is still the mean over the 5 images (lora checkpoints equal within 1e-6; SGD, dropout and flips off)."""
+    from helpers import run_forked, run_train, train_argv
+
+    opts = ["DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.CLIP_LORA.ITERS_PER_SHOT", "0",
+            "OPTIM.MAX_EPOCH", "3", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.05", "TRAINER.CLIP_LORA.DROPOUT", "0.0",
+            "INPUT.TRANSFORMS", "['normalize']", "TEST.FEATURE_CACHE.ENABLED", "False"]
+    single, ddp = str(tmp_path / "single"), str(tmp_path / "ddp")
+    assert run_train(train_argv("CLIP_LoRA", CONFIG, data_root, single, backbone="tiny-vit", opts=opts)) == 0
+    argv = train_argv("CLIP_LoRA", CONFIG, data_root, ddp, backbone="tiny-vit", opts=opts)
+    assert run_forked(argv, nproc=2) == [0, 0]  # two gloo ranks forked from this process
+    a = torch.load(osp.join(single, "lora", "model.pth.tar-3"), weights_only=True)
+    b = torch.load(osp.join(ddp, "lora", "model.pth.tar-3"), weights_only=True)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3  # one step per epoch on both ranks
+    for key, value in a["state_dict"].items():
+        diff = (value - b["state_dict"][key]).abs().max()
+        assert torch.allclose(value, b["state_dict"][key], atol=1e-6, rtol=1e-5), (key, diff)
+    assert torch.load(osp.join(ddp, "lora_weights.pt"), weights_only=True)["metadata"]["trainer"] == "CLIP_LoRA"
+    assert sorted(f for f in os.listdir(ddp) if f.startswith("log")) == ["log.txt"]

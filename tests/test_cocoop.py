@@ -1,8 +1,9 @@
 """CoCoOp (trainers/cocoop.py): the batched forward equals the reference's per-image loop; training lowers the loss.
 
-The reference (coop_family.md §5) runs the text encoder once per image on ``n_cls`` full 77-token prompts
-``[prefix, ctx + meta_net(f_b), suffix]``; that loop is kept below as ``_per_image_logits`` and compared with our
-single batched call (EOT-cropped or not, chunked or not) on an uneven batch.
+The reference (KaiyangZhou/CoOp@ff61507 ``trainers/cocoop.py``) runs the text encoder once per image on
+``n_cls`` full 77-token prompts ``[prefix, ctx + meta_net(f_b), suffix]``; that loop is kept below as
+``_per_image_logits`` and compared with our single batched call (EOT-cropped or not, chunked or not) on an
+uneven batch.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from helpers import build, build_cfg, tiny_clip_fp32
 from vlprompt.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+from vlprompt.trainers.common import prompt_trainer
 from vlprompt.trainers.common.text_encoder import TextEncoder
 
 CLASSNAMES = ["red circle", "dog", "a_very_long_name", "x", "green square"]
@@ -98,3 +100,14 @@ def test_trainer_steps_lower_the_loss(data_root, tmp_path):
     assert losses[-1] < losses[0] - 0.05, losses
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     assert torch.equal(trainer.model.image_encoder.conv1.weight, frozen_before)
+
+
+@pytest.mark.parametrize("fp32_master, dtype", [(True, torch.float32), (False, torch.float16)])
+def test_fp32_master_weights_switch(data_root, tmp_path, monkeypatch, fp32_master, dtype):
+    """Under PREC fp16 ctx and meta-net are fp32 master weights; FP32_MASTER_WEIGHTS False gives CoCoOp's fp16."""
+    monkeypatch.setattr(prompt_trainer, "resolve_precision", lambda precision, device: precision)  # fp16 on a CPU
+    cfg = build_cfg("CoCoOp", TINY_COCOOP, str(tmp_path / "run"), data_root, backbone="tiny-vit",
+                    opts=["TRAINER.COCOOP.PREC", "fp16", "TRAINER.COCOOP.FP32_MASTER_WEIGHTS", str(fp32_master)])
+    trainer = build(cfg)
+    assert trainer.precision == "fp16" and trainer.model.text_encoder.dtype == torch.float16  # CLIP: fp16 recipe
+    assert {p.dtype for p in trainer.model.prompt_learner.parameters()} == {dtype}

@@ -13,6 +13,7 @@ import torch
 from helpers import build, build_cfg, eval_only
 from dassl.utils import load_checkpoint
 from vlprompt.train import ConfigError
+from vlprompt.trainers.common import prompt_trainer
 from vlprompt.trainers.common.prompt_trainer import CheckpointMismatchError
 
 TINY_COOP = "configs/trainers/CoOp/tiny_vit_ep50_ctxv1.yaml"
@@ -55,6 +56,16 @@ def test_checkpoint_holds_only_ctx_and_eval_only_reloads_it(data_root, tmp_path)
     assert new_trainer.dm.dataset.classnames != trainer.dm.dataset.classnames  # other classes, same context
     assert 0 <= accuracy <= 100
 
+    # Upstream CoOp's load_model reads it too: torch.load(path, map_location), class-name buffers deleted if
+    # present, load_state_dict(strict=False) into its prompt learner (fp16 ctx, persistent token buffers).
+    reference = torch.nn.Module()
+    reference.ctx = torch.nn.Parameter(torch.zeros_like(checkpoint["state_dict"]["ctx"], dtype=torch.float16))
+    reference.register_buffer("token_prefix", torch.zeros(5, 1, CTX_DIM, dtype=torch.float16))
+    reference.register_buffer("token_suffix", torch.zeros(5, 72, CTX_DIM, dtype=torch.float16))
+    result = reference.load_state_dict(torch.load(path, map_location="cpu")["state_dict"], strict=False)
+    assert result.missing_keys == ["token_prefix", "token_suffix"] and result.unexpected_keys == []
+    assert torch.equal(reference.ctx, checkpoint["state_dict"]["ctx"].half())
+
 
 def test_load_model_drops_reference_buffers_and_is_strict(data_root, tmp_path):
     """A CoOp-era checkpoint (with token_prefix/suffix) loads; an unknown or missing key is an error."""
@@ -93,6 +104,16 @@ def test_fp16_on_cpu_falls_back_to_fp32_with_a_warning(data_root, tmp_path, capl
         trainer = build(_cfg(data_root, str(tmp_path), "TRAINER.COOP.PREC", "fp16"))
     assert trainer.precision == "fp32" and trainer.model.prompt_learner.ctx.dtype == torch.float32
     assert any("PREC=fp16" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize("fp32_master, ctx_dtype", [(True, torch.float32), (False, torch.float16)])
+def test_fp32_master_weights_switch(data_root, tmp_path, monkeypatch, fp32_master, ctx_dtype):
+    """Under PREC fp16 ctx is an fp32 master copy; FP32_MASTER_WEIGHTS False gives CoOp's fp16 ctx."""
+    monkeypatch.setattr(prompt_trainer, "resolve_precision", lambda precision, device: precision)  # fp16 on a CPU
+    trainer = build(_cfg(data_root, str(tmp_path), "TRAINER.COOP.PREC", "fp16",
+                         "TRAINER.COOP.FP32_MASTER_WEIGHTS", str(fp32_master)))
+    assert trainer.precision == "fp16" and trainer.model.text_encoder.dtype == torch.float16  # CLIP: fp16 recipe
+    assert trainer.model.prompt_learner.ctx.dtype == ctx_dtype
 
 
 def test_eot_truncation_switch_gives_the_same_logits(data_root, tmp_path):

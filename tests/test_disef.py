@@ -1,4 +1,4 @@
-"""DISEF trainer (trainers/disef.py) and the improved-DISEF class selection, on the synthetic dataset, CPU.
+"""DISEF trainer (trainers/disef/trainer.py) and the improved-DISEF class selection, on the synthetic dataset, CPU.
 
 Checked: the loss equals lambda CE(real) + (1 - lambda) CE(synthetic) recomputed here (label smoothing, empty
 parts); with lambda = 1 the synthetic half of a batch leaves the LoRA gradient unchanged (and with 0.5 it does
@@ -16,9 +16,11 @@ import torch
 from helpers import build, build_cfg, train_and_test
 from dassl.data.datasets import build_dataset
 from dassl.utils.logger import close_logger
-from vlprompt.trainers.common.disef_generation import GenerationConfig, TemplateCaptioner, low_f1_classes, read_manifest, \
-    run_generation
-from vlprompt.trainers.disef import disef_loss
+from vlprompt.trainers.disef.config import GenerationConfig
+from vlprompt.trainers.disef.manifest import read_manifest
+from vlprompt.trainers.disef.models import TemplateCaptioner
+from vlprompt.trainers.disef.pipeline import low_f1_classes, run_generation
+from vlprompt.trainers.disef.trainer import disef_loss
 
 CONFIG = "configs/trainers/DISEF/tiny_vit_qv_r8-4_a8_lam0.8_ep10_batch8.yaml"
 BASE = ["DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base"]

@@ -1,6 +1,6 @@
-"""DISEF's generation pipeline (trainers/common/disef_generation.py) end to end, offline.
+"""DISEF's generation pipeline (trainers/disef/) end to end, offline.
 
-Tiny randomly initialised Stable Diffusion img2img and LLaVA models built from config objects (spec §4.3-§4.4,
+Tiny randomly initialised Stable Diffusion img2img and LLaVA models built from config objects (trainers/disef/fakes.py,
 no download).  Checked: 15 UNet calls per image at 20 steps x strength 0.75; the captioning prompt is the hf chat
 format with the class name (and the notebook's literal modes); the filter keeps correctly classified images and
 discards the others, and the budget policy; a killed run resumes without regenerating kept images and ends with
@@ -18,8 +18,10 @@ import torch
 
 from disef_helpers import CLASSNAMES, ConstantFilter, CountingUNet, ScriptedFilter, SolidGenerator, files_on_disk, \
     tiny_models, write_real_images
-from vlprompt.trainers.common.disef_generation import CaptionCache, GenerationConfig, Img2ImgGenerator, LlavaCaptioner, \
-    Manifest, TemplateCaptioner, ZeroShotFilter, kept_images, prepare_init_image, read_manifest, run_generation
+from vlprompt.trainers.disef.config import GenerationConfig
+from vlprompt.trainers.disef.manifest import CaptionCache, Manifest, read_manifest
+from vlprompt.trainers.disef.models import Img2ImgGenerator, LlavaCaptioner, TemplateCaptioner, ZeroShotFilter
+from vlprompt.trainers.disef.pipeline import kept_images, prepare_init_image, run_generation
 
 SMALL = dict(images_per_class=2, batch_size=2, init_size=32, seed=3, caption_max_new_tokens=6)
 
@@ -92,8 +94,8 @@ def test_caption_prompt_contains_class_name(real):
     assert spy.texts == [expected, expected.replace("blue triangle", "red circle")]
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     literal = LlavaCaptioner(model, processor, GenerationConfig(caption_label="index", chat_format="notebook"))
-    assert "knowing it's a 2." in literal.build_prompt("blue triangle", 2)  # spec §3.7.3, literal
-    assert "knowing" not in literal.build_prompt("red circle", 0)  # label 0 is falsy in the notebook
+    assert "knowing it's a 2." in literal.build_prompt("blue triangle", 2)  # the notebook's integer label
+    assert "object.###Assistant:" in literal.build_prompt("red circle", 0)  # label 0 is falsy: "." instead
     assert literal.build_prompt("red circle", 1).endswith("###Assistant:")
 
 
@@ -213,7 +215,7 @@ def test_prepare_init_image_pads_to_square():
     assert padded.size == (20, 20)
     assert padded.getpixel((10, 0)) == (0, 0, 0) and padded.getpixel((10, 10)) == (255, 255, 255)
     assert prepare_init_image(image, 32).size == (32, 32)
-    assert prepare_init_image(image, 0, pad_to_square=False).size == (20, 10)  # notebook literal (§3.7.12)
+    assert prepare_init_image(image, 0, pad_to_square=False).size == (20, 10)  # the notebook, literally
 
 
 def test_zero_shot_filter_is_clip_argmax():

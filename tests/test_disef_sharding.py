@@ -1,4 +1,4 @@
-"""Sharded DISEF generation (trainers/common/disef_generation.py): classes split across processes, one manifest.
+"""Sharded DISEF generation (trainers/disef/sharding.py): classes split across processes, one manifest.
 
 Checked: shard I of N owns exactly the classes c % N == I (disjoint, complete, order kept); the shard comes from
 the flags, torchrun, srun or a Slurm array (and both); two shards run one after the other with the tiny LLaVA and
@@ -19,9 +19,13 @@ import pytest
 import torch
 
 from disef_helpers import CLASSNAMES, ConstantFilter, SolidGenerator, files_on_disk, tiny_models, write_real_images
-from vlprompt.trainers.common.disef_generation import GenerationConfig, Img2ImgGenerator, LlavaCaptioner, Manifest, Shard, \
-    ShardMergeError, TemplateCaptioner, finish_shard, kept_images, main, merge_shard_manifests, read_manifest, \
-    resolve_shard, run_generation, shard_device, shard_from_env
+from vlprompt.trainers.disef.cli import main
+from vlprompt.trainers.disef.config import GenerationConfig
+from vlprompt.trainers.disef.manifest import Manifest, read_manifest
+from vlprompt.trainers.disef.models import Img2ImgGenerator, LlavaCaptioner, TemplateCaptioner
+from vlprompt.trainers.disef.pipeline import kept_images, run_generation
+from vlprompt.trainers.disef.sharding import Shard, ShardMergeError, finish_shard, merge_shard_manifests, \
+    resolve_shard, shard_device, shard_from_env
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
-"""DPT configs: every YAML loads, the default holds the reference settings (spec §2.3) and the per-dataset presets
-the grid-best settings of spec §3.2 (scripts/dpt/base2new.sh is exercised in test_dpt_train.py)."""
+"""DPT configs: every YAML loads, the default holds the reference settings and the per-dataset presets the
+reference grid's best settings (scripts/dpt/base2new.sh is exercised in test_dpt_train.py)."""
 from __future__ import annotations
 
 import glob
@@ -10,7 +10,8 @@ import pytest
 from dpt_helpers import REPO_ROOT
 from vlprompt.trainers.config import get_cfg
 
-# shared/specs/dpt.md §3.2: dataset config name -> (momentum, init std, n_ctx, epochs)
+# The reference grid's best base-to-novel setting per dataset (alvitawa/fomo grid.ipynb):
+# dataset config name -> (momentum, init std, n_ctx, epochs)
 BEST = {
     "imagenet": (0.0, 0.08, 2, 32), "caltech101": (0.9, 0.08, 1, 8), "oxford_pets": (0.9, 0.001, 3, 16),
     "stanford_cars": (0.0, 0.001, 1, 16), "oxford_flowers": (0.9, 0.08, 2, 16), "food101": (0.9, 0.001, 4, 16),

@@ -1,4 +1,4 @@
-"""DPT's straight-through estimator: forward = E[ids] exactly, backward dL/dS = dL/dctx @ E^T (spec §1.4).
+"""DPT's straight-through estimator: forward = E[ids] exactly, backward dL/dS = dL/dctx @ E^T.
 
 Checked against the value computed in the test from dL/dctx (obtained by autograd on a detached copy of ctx)
 and against the reference's literal path (dense one-hot @ E with a pass-through backward).
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vlprompt import clip
-from vlprompt.trainers.common.discrete_prompt import DiscretePrompt, straight_through_embedding
+from vlprompt.trainers.dpt.discrete_prompt import DiscretePrompt, straight_through_embedding
 
 V = clip.get_tokenizer().vocab_size
 
@@ -72,7 +72,7 @@ def test_embedding_gradient_when_not_frozen():
 
 def test_fp32_scores_survive_half_casts():
     """keep_fp32: .half() moves nothing into fp16 and keeps the exact values; keep_fp32=False is the
-    reference's fp16 score matrix (spec §4.5), and its gradient is fp16 too."""
+    reference's fp16 score matrix, and its gradient is fp16 too."""
     torch.manual_seed(1)
     kept = DiscretePrompt(2, V, init_std=0.004)
     before = kept.scores.detach().clone()

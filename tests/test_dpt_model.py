@@ -3,8 +3,8 @@
 - SHARED_VISUAL off: image features equal plain CLIP's bit for bit.
 - SHARED_VISUAL on: the ViT sequence entering ln_pre is the plain one plus exactly n_ctx tokens, equal to
   proj(E[ids]) computed in the test.
-- Text prompts: SOT, E[ids], then the rest of "a photo of a {name}." (partial template, spec §2.1); the logged
-  template re-tokenizes to exactly the ids the model used (spec §4.2), and CLIP's own encode_text of it gives the
+- Text prompts: SOT, E[ids], then the rest of "a photo of a {name}." (partial template, as the reference); the logged
+  template re-tokenizes to exactly the ids the model used, and CLIP's own encode_text of it gives the
   model's logits.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from vlprompt import clip
 from dpt_helpers import dpt_args
 from helpers import run_train
-from vlprompt.trainers.common.discrete_prompt import DiscretePrompt
+from vlprompt.trainers.dpt.discrete_prompt import DiscretePrompt
 from vlprompt.trainers.common.prompt_clip import l2_normalize
 from vlprompt.trainers.common.text_encoder import TextEncoder
-from vlprompt.trainers.dpt import DPTCLIP, DPTPromptLearner
+from vlprompt.trainers.dpt.model import DPTCLIP, DPTPromptLearner
 
 CLASSNAMES = ["red circle", "green square", "blue_triangle"]
 V = clip.get_tokenizer().vocab_size
@@ -158,7 +158,7 @@ def test_config_errors_are_one_line(data_root, tmp_path, capsys, opts, message):
 
 def test_fp16_recipe_keeps_scores_fp32(tiny_clip):
     """Under PREC fp16 (OpenAI's half recipe + CoOp's learnable cast) the scores stay fp32 and get an fp32
-    gradient while proj is half (FP32_SCORES, spec §4.5); the visual prompt follows the activation dtype (§5.8)."""
+    gradient while proj is half (FP32_SCORES); the visual prompt follows the activation dtype."""
     from vlprompt.trainers.common.clip_loading import cast_clip, cast_learnable
 
     half_clip = cast_clip(copy.deepcopy(tiny_clip), "fp16")

@@ -1,8 +1,9 @@
-"""DPT token selection (trainers/common/discrete_prompt.py) against loop implementations written from the spec.
+"""DPT token selection (trainers/dpt/discrete_prompt.py) against a loop implementation of the procedure.
 
-``loop_select`` below is a direct transcription of shared/specs/dpt.md §1.2 (paper) and §1.3 (reference code):
-a full stable ranking per row, Python loops over positions, decode -> encode on every check (no memo, no
-pre-filter), the sequential advance / test / undo repair, and the §4.3 iteration cap with the safe fallback.
+``loop_select`` below writes the paper's Algorithm 1 and the reference code's variant of it (alvitawa/fomo
+``GetToggle``) as plain loops: a full stable ranking per row, Python loops over positions, decode -> encode on
+every check (no memo, no pre-filter), the sequential advance / test / undo repair, and the iteration cap with
+the safe fallback.
 The vectorised implementation must return the same ids, iteration count and fallback flag on random and
 adversarial score matrices; every selection must avoid BOS/EOS and round-trip.
 """
@@ -17,8 +18,8 @@ import pytest
 import torch
 
 from vlprompt import clip
-from vlprompt.trainers.common.discrete_prompt import (RoundTripOracle, default_oracle, select_tokens, stable_order,
-                                             stable_topk)
+from vlprompt.trainers.dpt.discrete_prompt import (RoundTripOracle, default_oracle, select_tokens, stable_order,
+                                                  stable_topk)
 
 TOK = clip.get_tokenizer()
 V = TOK.vocab_size
@@ -34,7 +35,7 @@ def round_trips(ids: list[int]) -> bool:
 
 def loop_select(scores: torch.Tensor, mode: str, filter_special: bool = True, roundtrip: bool = True,
                 max_iters: int = 1000) -> tuple[list[int], int, bool]:
-    """Spec §1.2/§1.3/§4.3 with loops: returns (ids, iterations, fell back)."""
+    """Algorithm 1 (paper) or the reference code's repair order, with loops: returns (ids, iterations, fell back)."""
     s = scores.detach().cpu().numpy()  # keeps the dtype, so gaps round as in the scores' precision
     n = s.shape[0]
     order = [list(np.argsort(-s[i], kind="stable")) for i in range(n)]  # (score desc, id asc)
@@ -67,7 +68,7 @@ def loop_select(scores: torch.Tensor, mode: str, filter_special: bool = True, ro
             ranks[i] -= 1
         else:
             ranks[positions[0]] += 1
-    chosen: list[int] = []  # §4.3 fallback: best safe token per position whose prefix round-trips
+    chosen: list[int] = []  # fallback: best safe token per position whose prefix round-trips
     for i in range(n):
         for t in order[i]:
             t = int(t)
@@ -169,7 +170,7 @@ def test_ties_from_spike_init(mode):
 
 
 def test_paper_mode_livelock_hits_cap_and_falls_back():
-    """Spec §4.3: a tiny gap at position 0 while position 1 holds the bad tokens makes Algorithm 1 keep
+    """A tiny gap at position 0 while position 1 holds the bad tokens makes Algorithm 1 keep
     advancing position 0; the cap then returns the best safe tokens (also checked by the loop)."""
     scores = torch.full((2, V), -1.0)
     good = [i for i in range(1000, 3000) if TOK.decoder[i].endswith("</w>")][:200]
@@ -223,7 +224,7 @@ def test_oracle_equals_brute_force():
         assert oracle(ids) == round_trips(ids), ids
         assert oracle(ids) == round_trips(ids)  # memo hit gives the same answer
     assert oracle.hits >= len(tuples)
-    assert oracle([BOS]) and oracle([EOS])  # why the special-token filter is needed (spec §4.1)
+    assert oracle([BOS]) and oracle([EOS])  # why the special-token filter is needed
 
 
 def test_benchmark_reference_loop_agrees():

@@ -1,13 +1,14 @@
 """scripts/grid.py: expansion, skip-if-finished, resume of a killed run, Slurm parameters (no cluster)."""
 import importlib.util
 import os
+import subprocess
 import sys
 
 import pytest
 import yaml
 
 from dassl.engine import trainer as trainer_module
-from helpers import REPO_ROOT, run_train
+from helpers import REPO_ROOT, run_train, subprocess_env
 
 _spec = importlib.util.spec_from_file_location("grid", os.path.join(REPO_ROOT, "scripts", "grid.py"))
 grid = importlib.util.module_from_spec(_spec)
@@ -102,3 +103,30 @@ def test_slurm_parameters_and_sbatch_script(tmp_path, data_root, monkeypatch):
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=6",
                  "#SBATCH --mem=40GB", "#SBATCH --time=90", "#SBATCH --account=lab", "#SBATCH --signal=USR2@120"):
         assert line in text, (line, text)
+
+
+# Runs scripts/grid.py as a program with submitit unimportable (None in sys.modules makes ``import`` fail).
+_WITHOUT_SUBMITIT = ("import runpy, sys; sys.modules['submitit'] = None; "
+                     "sys.argv = ['scripts/grid.py'] + sys.argv[1:]; runpy.run_path('scripts/grid.py', run_name='__main__')")
+
+
+def _grid_without_submitit(*args: str):
+    return subprocess.run([sys.executable, "-c", _WITHOUT_SUBMITIT, *args], cwd=REPO_ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_cluster_extra_is_one_line(tmp_path, data_root):
+    """Without submitit a grid with runs left exits 1 with one stderr line naming the extra and its install."""
+    result = _grid_without_submitit(_grid_file(tmp_path, data_root))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "'cluster' extra" in lines[0] and 'pip install "vlprompt[cluster]"' in lines[0], lines[0]
+    assert not (tmp_path / "output").exists()  # nothing was started
+
+
+def test_dry_run_needs_no_cluster_extra(tmp_path, data_root):
+    """``--dry-run`` only lists runs, so it works without submitit."""
+    result = _grid_without_submitit(_grid_file(tmp_path, data_root), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("todo  synthetic/Vanilla/cnn_small_ep10/") == 4, result.stdout

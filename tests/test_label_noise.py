@@ -79,7 +79,7 @@ def test_same_seed_same_noise_other_seed_other_noise(tmp_path):
 
 
 def _reference_make_noise(items, num_fp, rng):
-    """The reference loop (spec §3.2): the first num_fp items get randint(0, C - 1), C = max label + 1."""
+    """The reference loop (LZHMS/MLPT make_noise): the first num_fp items get randint(0, C - 1), C = max label + 1."""
     num_classes = max(item["label"] for item in items) + 1
     for position, item in enumerate(items):
         if position >= num_fp:

@@ -1,5 +1,5 @@
-"""SGLD optimizer (trainers/common/sgld.py): each noise mode's update recomputed here, noise statistics,
-reproducibility and resume of the noise stream (shared/specs/langevin_coop.md §3)."""
+"""SGLD optimizer (trainers/langevin_coop/sgld.py): each noise mode's update recomputed here, noise statistics,
+reproducibility and resume of the noise stream."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dassl.utils import set_random_seed
-from vlprompt.trainers.common.sgld import NOISE_MODES, SGLD
+from vlprompt.trainers.langevin_coop.sgld import NOISE_MODES, SGLD
 
 
 def _quadratic_grad(param: torch.Tensor, target: torch.Tensor) -> None:
@@ -94,7 +94,8 @@ def test_reference_var_mode_update():
         _quadratic_grad(param, target)
         grad = param.grad.clone()
         opt.step()
-        expected = expected - (lr / 2) * (grad + wd * expected) + math.sqrt(lr) * torch.randn(expected.shape, generator=g)
+        xi = torch.randn(expected.shape, generator=g)
+        expected = expected - (lr / 2) * (grad + wd * expected) + math.sqrt(lr) * xi
         torch.testing.assert_close(param.detach(), expected, rtol=1e-6, atol=1e-7)
 
 

@@ -1,6 +1,6 @@
 """LangevinCoOp pieces without a model: hard / soft votes and their tie-break, group accuracies, the logit-adjustment
-prior, the explicit lr-per-epoch table and the on-disk FIFO sample bank (shared/specs/langevin_coop.md §2.3,
-§4.2, §5.2, §5.3, §10)."""
+prior, the explicit lr-per-epoch table, the on-disk FIFO sample bank, the reference's augmentation and the
+reference's fp16 rounding of the text tower."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,10 @@ import os
 import pytest
 import torch
 
-from vlprompt.trainers.common.sgld import SampleBank, VoteAccumulator, hard_vote, soft_vote
 from vlprompt.trainers.config import get_cfg
-from vlprompt.trainers.langevin_coop import group_accuracies, log_prior, lr_at_epoch, reference_transforms
+from vlprompt.trainers.langevin_coop import (SampleBank, VoteAccumulator, group_accuracies, hard_vote, last_batch_size,
+                                             log_prior, lr_at_epoch, reference_transforms, round_text_tower_to_fp16,
+                                             soft_vote)
 
 REFERENCE_PHASE1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs", "trainers", "LangevinCoOp", "rn50_ctx15_csc_nonoise_ep200_batch512.yaml")
@@ -82,8 +83,8 @@ def test_log_prior_formula():
 
 
 def test_lr_per_epoch_reproduces_the_reference_phases():
-    """Phase 2 (milestone 200, gamma 0.1, lr 0.05): 0.05 for epochs 160-199, 0.005 from 200 (spec §4.2);
-    phase 1 (milestone 250 never reached): constant 0.05."""
+    """Phase 2 (milestone 200, gamma 0.1, lr 0.05): 0.05 for epochs 160-199, 0.005 from 200, the reference's
+    effective schedule; phase 1 (milestone 250 never reached): constant 0.05."""
     phase2 = [lr_at_epoch(e, 0.05, "multi_step", (200,), 0.1) for e in range(160, 400)]
     assert phase2[:40] == [0.05] * 40 and all(lr == pytest.approx(0.005) for lr in phase2[40:])
     assert {lr_at_epoch(e, 0.05, "multi_step", (250,), 0.1) for e in range(200)} == {0.05}
@@ -124,8 +125,9 @@ def test_bank_restore_before_a_resume_epoch(tmp_path):
     assert again.epochs == [3, 4, 5] and float(again.items()[1][1]["ctx"][0, 0]) == 40.0
 
 
-def test_reference_transforms_follow_the_spec():
-    """§7.3: crop 32 pad 4, flip, RandAugment(5 ops, magnitude 9) at 32 px, then resize to 224 and CIFAR stats."""
+def test_reference_transforms_follow_the_reference():
+    """The reference's CIFAR pipeline: crop 32 pad 4, flip, RandAugment(5 ops, magnitude 9) at 32 px, then resize
+    to 224 and CIFAR statistics; NATIVE_SIZE sets the crop."""
     cfg = get_cfg()
     cfg.merge_from_file(REFERENCE_PHASE1)
     train, test = reference_transforms(cfg)
@@ -137,3 +139,46 @@ def test_reference_transforms_follow_the_spec():
     assert tuple(resize.size) == (224, 224)
     assert list(norm.mean) == [0.4914, 0.4822, 0.4465] and list(norm.std) == [0.2023, 0.1994, 0.2010]
     assert [type(t).__name__ for t in test.transforms] == ["Resize", "ToTensor", "Normalize"]
+    cfg.TRAINER.LANGEVINCOOP.NATIVE_SIZE = 64
+    assert reference_transforms(cfg)[0].transforms[0].size == (64, 64)
+
+
+def test_last_batch_size():
+    """The reference's one-model figure covers the last test batch: 784 of CIFAR's 10,000 images at batch 1024."""
+    assert last_batch_size(10000, 1024) == 784
+    assert last_batch_size(40, 16) == 8
+    assert last_batch_size(32, 16) == 16
+    assert last_batch_size(5, 16) == 5
+
+
+def _reference_text_features(clip, prompts, tokens):
+    """The reference's TextEncoder.forward with its recorded fp16 dtype on an fp32 CLIP, written out."""
+    x = prompts + clip.positional_embedding.half()  # fp32 + fp16 -> fp32
+    x = clip.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = clip.ln_final(x).half()
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)].float() @ clip.text_projection
+
+
+def test_fp16_rounding_of_the_text_tower_matches_the_reference():
+    """REFERENCE_NUMERICS: positional embedding and final LayerNorm output pass through fp16, as the reference's
+    text encoder does; without it the features differ (fp32 throughout)."""
+    from helpers import tiny_clip_fp32
+    from vlprompt.trainers.common.text_encoder import TextEncoder
+
+    clip = tiny_clip_fp32("vit")
+    g = torch.Generator().manual_seed(0)
+    n, length, width = 3, clip.positional_embedding.shape[0], clip.ln_final.weight.shape[0]
+    prompts = torch.randn(n, length, width, generator=g) * 0.02
+    tokens = torch.zeros(n, length, dtype=torch.long)
+    tokens[:, 0] = 1
+    tokens[torch.arange(n), torch.tensor([5, 9, 7])] = 1000  # EOT = the largest id
+    embedding = clip.positional_embedding.detach().clone()
+    with torch.no_grad():
+        plain = TextEncoder(clip, truncate_at_eot=False)(prompts, tokens)
+        rounded = round_text_tower_to_fp16(TextEncoder(clip, truncate_at_eot=False))(prompts, tokens)
+        expected = _reference_text_features(clip, prompts, tokens)
+    torch.testing.assert_close(rounded, expected, rtol=0, atol=1e-6)
+    assert (plain - expected).abs().max() > 1e-5
+    # The shared CLIP is untouched: only the text encoder's own attributes were replaced.
+    assert torch.equal(clip.positional_embedding.detach(), embedding)
+    assert type(clip.ln_final).__name__ == "LayerNorm"

@@ -1,12 +1,14 @@
-"""LMPT trainer (``trainers/lmpt.py``) and its zero-shot baseline (``trainers/zsclip_multilabel.py``), on the tiny
+"""LMPT trainer (``trainers/lmpt/``) and its zero-shot baseline (``trainers/zsclip_multilabel.py``), on the tiny
 random CLIP: config errors before CLIP loads, the trainable context and prompt shapes, the hold-out split and the
-caption <-> image alignment of the CSE term, the per-dataset DB-loss constants on the real COCO-LT / VOC-LT
-lists, the plateau schedule, a bit-identical resume, and training above the zero-shot baseline on the synthetic
-multi-label dataset (``shared/specs/lmpt.md``).
+caption <-> image alignment of the CSE term, the DB-loss constants the COCO-LT / VOC-LT dataset classes declare
+(on the real lists), the global-batch loss under two (simulated) ranks, the plateau schedule, a bit-identical
+resume, the zero-shot baseline's literal switches, and training above the zero-shot baseline on the synthetic
+multi-label dataset.
 """
 from __future__ import annotations
 
 import os.path as osp
+import random
 
 import pytest
 import torch
@@ -18,21 +20,14 @@ from dassl.utils import set_random_seed
 from helpers import REPO_ROOT, run_train
 from lmpt_helpers import link_lmpt_images
 from vlprompt.trainers.common import prompt_trainer
-from vlprompt.trainers.common.multilabel_losses import ClassSpecificEmbeddingLoss, asymmetric_loss, bce_loss, focal_loss
+from vlprompt.trainers.lmpt.losses import ClassSpecificEmbeddingLoss, asymmetric_loss, bce_loss, focal_loss
 from vlprompt.trainers.config import get_cfg
-from vlprompt.trainers.zsclip_multilabel import lmpt_concat_text
+from vlprompt.trainers.lmpt import trainer as lmpt_trainer
+from vlprompt.trainers.lmpt.trainer import holdout_split
+from vlprompt.trainers.zsclip_multilabel import class_text_names, lmpt_concat_text
 
 TINY_CFG = osp.join(REPO_ROOT, "configs/trainers/LMPT/tiny_vit_ep10.yaml")
 SYNTHETIC_ML = osp.join(REPO_ROOT, "configs/datasets/synthetic_multilabel.yaml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(root: str, output_dir: str = "", dataset_cfg: str = SYNTHETIC_ML, opts=()):
@@ -73,11 +68,15 @@ def test_config_errors_before_clip_loads(data_root, monkeypatch, key, value, mat
 
 
 def test_zero_shot_baseline_config_and_lmpt_text():
-    """The repository's class text: 80 templates with the FULL name, joined, first 76 characters (spec §4.5)."""
+    """The repository's class text: 80 templates with the FULL name, joined, first 76 characters; its first-word
+    class names only with FIRST_WORD_NAMES."""
     text = lmpt_concat_text("traffic light")
     assert len(text) == 76
     assert text == ("a bad photo of a traffic light. a photo of many traffic light. a sculpture of a traffic "
                     "light.")[:76]
+    names = ["traffic light", "hot_dog", "person"]
+    assert class_text_names(names, first_word=False) == ["traffic light", "hot dog", "person"]
+    assert class_text_names(names, first_word=True) == ["traffic", "hot", "person"]
     cfg = get_cfg()
     cfg.TRAINER.NAME = "ZeroshotCLIPMultiLabel"
     cfg.TRAINER.ZEROSHOTCLIPMULTILABEL.TEXT = "concat"
@@ -146,6 +145,90 @@ def test_cls_loss_switch_without_cse(data_root, cls_loss):
     assert summary["loss"] == pytest.approx(expected(logits, batch["label"]).item(), rel=1e-5)
 
 
+def test_dbl_constants_default_and_config_override(synthetic_trainer, data_root):
+    """A dataset that declares no DB-loss constants gets the loss's defaults (2.0 / 0.2); TRAINER.LMPT.DBL wins."""
+    assert not hasattr(synthetic_trainer.dm.dataset, "DBL_NEG_SCALE")
+    assert (synthetic_trainer.cls_loss.neg_scale, synthetic_trainer.cls_loss.map_mu) == (2.0, 0.2)
+    t = build_trainer(_cfg(data_root, opts=["TRAINER.LMPT.DBL.NEG_SCALE", 3.0, "TRAINER.LMPT.DBL.MAP_MU", 0.5,
+                                            "TRAINER.LMPT.USE_CSE", False]))
+    assert (t.cls_loss.neg_scale, t.cls_loss.map_mu) == (3.0, 0.5)
+
+
+def test_drop_last_switch_keeps_the_last_batch(synthetic_trainer, data_root, monkeypatch):
+    """216 training images in batches of 32: Dassl drops the last 24 each epoch, DROP_LAST False (LMPT's loader)
+    trains on them; a last batch that would leave a torchrun process without images is refused."""
+    assert len(synthetic_trainer.train_loader_x) == 6
+    t = build_trainer(_cfg(data_root, opts=["TRAINER.LMPT.DROP_LAST", False, "TRAINER.LMPT.USE_CSE", False]))
+    assert len(t.train_loader_x) == 7
+    assert sum(len(b["index"]) for b in t.train_loader_x) == 216
+    monkeypatch.setattr(lmpt_trainer, "get_world_size", lambda: 4)
+    with pytest.raises(ValueError, match="the last batch of 2 training images leaves a process of 4 without images"):
+        build_trainer(_cfg(data_root, opts=["TRAINER.LMPT.DROP_LAST", False, "TRAINER.LMPT.USE_CSE", False,
+                                            "DATALOADER.TRAIN_X.BATCH_SIZE", 214]))
+
+
+def test_holdout_split_does_not_depend_on_the_global_rng():
+    """Every rank (and every run seed) draws the same hold-out split: only VAL_SEED decides it."""
+    items = list(range(50))
+    random.seed(1)
+    first = holdout_split(items, 0.1, seed=0)
+    random.seed(2)
+    torch.manual_seed(3)
+    assert holdout_split(items, 0.1, seed=0) == first
+    assert len(first[1]) == 5 and sorted(first[0] + first[1]) == items
+    assert holdout_split(items, 0.1, seed=1) != first
+
+
+def _context_gradient(t, batch) -> torch.Tensor:
+    """The gradient ``forward_backward`` leaves on the context (no optimizer step, no engine averaging)."""
+    ctx = t.model.prompt_learner.ctx
+    ctx.grad = None
+    t.backward_and_update = lambda loss, names=None: loss.backward()
+    t.forward_backward(batch)
+    return ctx.grad.clone()
+
+
+def _loss_rows(t, batch) -> list:
+    """What one rank contributes to the global batch: fp32 logits, labels and CSE terms of its images."""
+    with torch.no_grad():
+        image, label = t.parse_batch_train(batch)
+        logits, prompts = t.model.forward_with_prompts(image)
+        captions = t.model.embed_captions(t.caption_tokens[batch["index"]])
+        return [logits.float(), label, t.cse_loss.entries(captions, prompts, label)]
+
+
+@pytest.mark.parametrize("opts", [[], ["TRAINER.LMPT.CLS_LOSS", "asl", "TRAINER.LMPT.ASL.REDUCTION", "sum"]])
+def test_two_ranks_give_the_single_process_gradient(data_root, monkeypatch, opts):
+    """Two ranks, simulated in one process: each takes half of the global batch, gets the other half's rows
+    through the (patched) all-gather, and the engine averages their gradients.  That average equals the
+    single-process gradient, also for losses that are not a mean of per-rank terms (the DB loss's batch-level
+    focal factor, ASL summed); per-rank losses on each half alone would not (the sum is off by a factor 2)."""
+    t = build_trainer(_cfg(data_root, opts=opts))
+    t.set_model_mode("train")
+    batch = next(iter(t.train_loader_x))
+    half = len(batch["index"]) // 2
+    halves = [{k: v[r * half:(r + 1) * half] for k, v in batch.items()} for r in range(2)]
+    single = _context_gradient(t, batch)
+    per_rank_alone = (_context_gradient(t, halves[0]) + _context_gradient(t, halves[1])) / 2
+    rows = [_loss_rows(t, h) for h in halves]
+    grads = []
+    for rank in range(2):
+        monkeypatch.setattr(lmpt_trainer, "is_distributed", lambda: True)
+        monkeypatch.setattr(lmpt_trainer, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(lmpt_trainer, "get_world_size", lambda: 2)
+        monkeypatch.setattr(lmpt_trainer, "all_gather_object", lambda obj: rows)
+        grads.append(_context_gradient(t, halves[rank]))
+        monkeypatch.undo()
+    averaged = (grads[0] + grads[1]) / 2
+
+    def rel_err(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert rel_err(averaged, single) < 1e-5, rel_err(averaged, single)
+    if opts:  # summed ASL: each rank's own loss is half the global one
+        assert rel_err(per_rank_alone, single) > 0.4
+
+
 def test_plateau_schedule_steps_on_val_map(data_root, monkeypatch, tmp_path):
     """ReduceLROnPlateau (max mode, patience 5, factor 0.1; the paper configs' schedule) steps once per epoch on
     the val mAP, in after_epoch; the epoch-end update_lr leaves it alone."""
@@ -164,11 +247,13 @@ def test_plateau_schedule_steps_on_val_map(data_root, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name,neg_scale,map_mu,n_train", [("COCOLT", 2.0, 0.2, 1909), ("VOCLT", 5.0, 0.3, 1142)])
 def test_real_lists_dbl_constants_and_captions(tmp_path, name, neg_scale, map_mu, n_train):
-    """On the shipped COCO-LT / VOC-LT lists: DB-loss constants of spec §3.1 selected by dataset, N and n_c from
-    the full training list, captions cut at 75 characters, and a finite training step."""
+    """On the shipped COCO-LT / VOC-LT lists: the DB-loss constants LMPT uses per dataset (COCO-LT 2.0 / 0.2,
+    VOC-LT 5.0 / 0.3), declared by the dataset class; N and n_c from the full training list, captions cut at 75
+    characters, and a finite training step."""
     link_lmpt_images(tmp_path, name)
     dataset_cfg = osp.join(REPO_ROOT, f"configs/datasets/{name[:-2].lower()}_lt.yaml")
     t = build_trainer(_cfg(str(tmp_path), dataset_cfg=dataset_cfg, opts=["TEST.EVALUATOR", "MultiLabelClassification"]))
+    assert (type(t.dm.dataset).DBL_NEG_SCALE, type(t.dm.dataset).DBL_MAP_MU) == (neg_scale, map_mu)
     loss = t.cls_loss
     assert (loss.neg_scale, loss.map_mu, loss.focal) == (neg_scale, map_mu, "batch")
     freq = torch.tensor(t.dm.dataset.class_freq, dtype=torch.float64)
@@ -183,6 +268,23 @@ def test_real_lists_dbl_constants_and_captions(tmp_path, name, neg_scale, map_mu
     t.batch_idx, t.num_batches = 0, 99
     summary = t.forward_backward(next(iter(t.train_loader_x)))
     assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
+
+
+def test_zero_shot_skip_unlabeled_on_coco_lt(tmp_path):
+    """SKIP_UNLABELED drops the 48 COCO-LT test images without a label (LMPT's zero-shot script) from the
+    evaluated split and from the data source the feature-cache key is computed from; by default all 5,000 stay."""
+    link_lmpt_images(tmp_path, "COCOLT")
+    dataset_cfg = osp.join(REPO_ROOT, "configs/datasets/coco_lt.yaml")
+    sizes = {}
+    for skip in (False, True):
+        t = build_trainer(_cfg(str(tmp_path), dataset_cfg=dataset_cfg, opts=[
+            "TRAINER.NAME", "ZeroshotCLIPMultiLabel", "TEST.EVALUATOR", "MultiLabelClassification",
+            "TRAINER.ZEROSHOTCLIPMULTILABEL.SKIP_UNLABELED", skip]))
+        split, loader, data_source = t.eval_split("test")
+        assert split == "test" and loader.dataset.data_source is data_source
+        assert all(item.label for item in data_source) == skip
+        sizes[skip] = len(data_source)
+    assert sizes == {False: 5000, True: 4952}
 
 
 def _final_map(run_dir: str, keyword: str = "mAP", end_markers=parse_test_res.END_MARKERS_TRAIN) -> float:
@@ -213,7 +315,8 @@ def test_resume_is_bit_identical(data_root, tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     assert run_train(_train_argv(data_root, straight, opts=opts)) == 0
     assert run_train(_train_argv(data_root, resumed, opts=["OPTIM.MAX_EPOCH", "2", *plateau])) == 0
-    assert run_train(_train_argv(data_root, resumed, opts=opts)) == 0
+    # MAX_EPOCH differs from the interrupted run's config: resuming it is deliberate here
+    assert run_train(_train_argv(data_root, resumed, extra=["--resume-anyway"], opts=opts)) == 0
     a = torch.load(osp.join(straight, "prompt_learner", "model.pth.tar-3"), weights_only=True)
     b = torch.load(osp.join(resumed, "prompt_learner", "model.pth.tar-3"), weights_only=True)
     assert torch.equal(a["state_dict"]["ctx"], b["state_dict"]["ctx"])

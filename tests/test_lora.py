@@ -1,9 +1,11 @@
-"""LoRA for CLIP (clip/lora.py): invariants of spec ``shared/specs/clip_lora_disef.md`` §1.1-§1.3, §1.6, §4.5.
+"""LoRA for CLIP (clip/lora.py): the invariants of CLIP-LoRA's and loralib's LoRA layers.
 
 Tiny seeded CLIPs in fp32 on the CPU.  Checked: at init (B = 0) the adapted CLIP equals the original within 1e-6;
 only LoRA tensors require grad and there are exactly 2·r·d per adapted d x d matrix; the layer equals its formula
 (both scalings); merged and unmerged outputs agree; ten train/eval toggles change nothing; save -> load round-trips
-exactly; position names select the reference's block indices; the attention equals nn.MultiheadAttention with masks.
+exactly; position names select the reference's block indices; the attention equals nn.MultiheadAttention with masks;
+with dropout, the shared mask equals loralib's MergedLinear (DISEF) and the per-projection masks CLIP-LoRA's layers,
+on the same seed.
 """
 from __future__ import annotations
 
@@ -177,7 +179,7 @@ def test_save_load_roundtrip(tmp_path):
         load_lora(path, other)
 
 
-POSITION_TABLE_12 = {  # spec §1.1 (reference table, ViT-B/16 and the text tower)
+POSITION_TABLE_12 = {  # CLIP-LoRA's table (ViT-B/16 and the text tower)
     "bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7], "up": [8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5],
     "half-up": [6, 7, 8, 9, 10, 11], "all": list(range(12)), "top3": [9, 10, 11],
 }
@@ -189,7 +191,7 @@ def test_position_names_select_reference_blocks(position):
 
 
 def test_position_names_for_24_blocks_and_apply():
-    """ViT-L/14 rows (spec §1.1) and the blocks apply_lora actually replaces in a 12-block text tower."""
+    """CLIP-LoRA's ViT-L/14 rows and the blocks apply_lora actually replaces in a 12-block text tower."""
     assert block_indices("half-bottom", 24) == list(range(12))
     assert block_indices("half-up", 24) == list(range(12, 24))
     assert block_indices("all", 24) == list(range(24))
@@ -220,3 +222,100 @@ def test_attention_matches_multihead_attention(batch_first):
         ours, weights = lora(x, x, x, need_weights=False, **kwargs)
         assert weights is None
         assert torch.allclose(ours, ref, atol=1e-6), (kwargs.keys(), (ours - ref).abs().max())
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, out_proj: nn.Linear) -> torch.Tensor:
+    """Softmax attention of (L, N, E) projections, heads split and merged by hand, then the output projection."""
+    length, batch, width = q.shape
+    split = [t.reshape(length, batch, heads, width // heads).permute(1, 2, 0, 3) for t in (q, k, v)]  # (N, H, L, D)
+    scores = split[0] @ split[1].transpose(-2, -1) / math.sqrt(width // heads)
+    out = (scores.softmax(dim=-1) @ split[2]).permute(2, 0, 1, 3).reshape(length, batch, width)
+    return out_proj(out)
+
+
+def _merged_linear_reference(x, mha, lora_a, lora_b, scaling, p):
+    """loralib's MergedLinear(E, 3E, enable_lora=[True, False, True]) over CLIP's packed in-projection, written
+    after loralib: ONE dropout of x, A (2r, E), B as a grouped 1x1 convolution, zero rows for k."""
+    width = mha.embed_dim
+    result = nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias)  # (L, N, 3E)
+    after_a = nn.functional.linear(nn.functional.dropout(x, p, training=True), lora_a)  # (L, N, 2r)
+    after_b = nn.functional.conv1d(after_a.transpose(-2, -1), lora_b.unsqueeze(-1), groups=2).transpose(-2, -1)
+    padded = torch.zeros_like(result)
+    padded[..., :width], padded[..., 2 * width:] = after_b[..., :width], after_b[..., width:]  # q and v rows
+    q, k, v = (result + padded * scaling).split(width, dim=-1)
+    return _attention(q, k, v, mha.num_heads, mha.out_proj)
+
+
+def test_shared_dropout_equals_loralib_merged_linear():
+    """DISEF's MergedLinear draws one dropout mask for q and v: with the same seed, shared_dropout gives the same
+    training-mode output (dropout 0.5); per-projection masks (CLIP-LoRA) give another one."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4).eval()
+    x = torch.randn(5, 3, 32)
+    shared = LoRAMultiheadAttention(mha, "qv", r=2, alpha=4.0, dropout=0.5, scaling="linear", shared_dropout=True)
+    per_projection = LoRAMultiheadAttention(mha, "qv", r=2, alpha=4.0, dropout=0.5, scaling="linear")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in (shared, per_projection):
+            for letter in ("q_proj", "v_proj"):
+                layer = getattr(module, letter)
+                layer.w_lora_A.copy_(torch.randn(layer.w_lora_A.shape, generator=generator))
+                layer.w_lora_B.copy_(torch.randn(layer.w_lora_B.shape, generator=generator))
+        per_projection.load_state_dict(shared.state_dict())
+    lora_a = torch.cat([shared.q_proj.w_lora_A, shared.v_proj.w_lora_A])  # (2r, E)
+    lora_b = torch.cat([shared.q_proj.w_lora_B, shared.v_proj.w_lora_B])  # (2E, r)
+    torch.manual_seed(7)
+    reference = _merged_linear_reference(x, mha, lora_a, lora_b, 4.0 / 2, 0.5)
+    torch.manual_seed(7)
+    ours = shared.train()(x, x, x, need_weights=False)[0]
+    assert torch.allclose(ours, reference, atol=1e-5), (ours - reference).abs().max()
+    torch.manual_seed(7)
+    other = per_projection.train()(x, x, x, need_weights=False)[0]
+    assert not torch.allclose(other, reference, atol=1e-2)  # two masks: a different draw
+    assert not torch.allclose(ours, shared.eval()(x, x, x)[0], atol=1e-2)  # dropout was active
+
+
+def test_per_projection_dropout_equals_clip_lora_layers():
+    """CLIP-LoRA's LinearLoRA: every adapted projection drops its own input, in q, k, v order."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4).eval()
+    x = torch.randn(5, 3, 32)
+    lora = LoRAMultiheadAttention(mha, "qkv", r=2, alpha=1.0, dropout=0.25)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "w_lora_" in name:
+                param.normal_(0, 0.5)
+    torch.manual_seed(3)
+    ours = lora.train()(x, x, x, need_weights=False)[0]
+    torch.manual_seed(3)
+    projections = []
+    for letter, rows in zip(("q_proj", "k_proj", "v_proj"), mha.in_proj_weight.split(32)):
+        layer = getattr(lora, letter)
+        bias = mha.in_proj_bias[len(projections) * 32:(len(projections) + 1) * 32]
+        dropped = nn.functional.dropout(x, 0.25, training=True)
+        delta = (layer.w_lora_B @ layer.w_lora_A) * (1.0 / math.sqrt(2))
+        projections.append(nn.functional.linear(x, rows, bias) + dropped @ delta.t())
+    reference = _attention(*projections, mha.num_heads, mha.out_proj)
+    assert torch.allclose(ours, reference, atol=1e-5), (ours - reference).abs().max()
+
+
+def test_dropout_settings_do_not_block_loading(tmp_path):
+    """A file trained with the shared mask loads into a per-projection model (dropout does not shape A/B); files
+    written before the key existed rebuild with per-projection dropout; a different rank still refuses."""
+    model = tiny_clip()
+    weights = apply_lora(model, lora_specs("both", r=2, params="qv", scaling="linear", shared_dropout=True))
+    randomise_lora(weights)
+    path = str(tmp_path / "lora_weights.pt")
+    save_lora(path, weights)
+    other = apply_lora(tiny_clip(), lora_specs("both", r=2, params="qv", scaling="linear", dropout=0.1))
+    load_lora(path, other)
+    assert all(torch.equal(a, b) for a, b in zip(weights.state_dict().values(), other.state_dict().values()))
+    rebuilt = load_lora_into(tiny_clip(), path)
+    assert all(spec.shared_dropout for spec in rebuilt.specs)
+    from vlprompt.clip.lora import specs_from_metadata
+
+    old = weights.metadata()
+    old["adapters"] = [{k: v for k, v in a.items() if k != "shared_dropout"} for a in old["adapters"]]
+    assert [spec.shared_dropout for spec in specs_from_metadata(old)] == [False, False]
+    with pytest.raises(LoRAError, match="adapters"):
+        load_lora(path, apply_lora(tiny_clip(), lora_specs("both", r=2, vision_r=3, params="qv", scaling="linear")))

@@ -1,7 +1,8 @@
-"""MLPT's pieces (``trainers/mlpt.py``, spec ``shared/specs/mlpt.md`` §2.2, §9): the GMM co-divide, the refined and
-co-guessed targets against the spec's formulas recomputed here by hand, the losses, the oracle split, and on a
-tiny random CLIP the summed-logit test, the one-text-pass step against the reference's six-pass step, the
-empty-split guards, checkpoints of both branches, ``--eval-only`` and ``parse_test_res.py``.
+"""MLPT's pieces (``trainers/mlpt.py``, docs/methods/mlpt.md): the GMM co-divide, the refined and co-guessed
+targets against their formulas recomputed here by hand, the losses, the oracle split and its own random source,
+and on a tiny random CLIP the summed-logit test, the one-text-pass step against the reference's six-pass step,
+the empty-split guards, checkpoints of both branches, ``--eval-only`` and ``parse_test_res.py``.  Under torchrun
+MLPT is checked by ``tests/test_registry_ddp.py``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from vlprompt.trainers.mlpt import (
     refined_targets,
     sharpen,
     soft_cross_entropy,
+    split_rng,
 )
 
 from helpers import build, build_cfg
@@ -37,15 +39,6 @@ from helpers import REPO_ROOT, last_accuracy, run_train
 
 TINY_CONFIG = "configs/trainers/MLPT/tiny_vit_ctx4_csc_ep40.yaml"
 SYNTHETIC_YAML = osp.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster when cores are shared, and deterministic for a torch build."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- GMM co-divide
@@ -133,17 +126,38 @@ def test_oracle_split_sizes_per_class():
     pred_clean = np.zeros(64, dtype=bool)
     for c in range(4):
         pred_clean[c * 16: c * 16 + 10 + c] = True  # 10, 11, 12, 13 predicted clean
-    random.seed(0)
-    labelled, unlabelled = divide(pred_clean, labels, num_clean=12, num_noisy=4, oracle=True)
+    labelled, unlabelled = divide(pred_clean, labels, num_clean=12, num_noisy=4, oracle=True, rng=random.Random(0))
     assert Counter(labels[labelled].tolist()) == {0: 10, 1: 11, 2: 12, 3: 12}  # S - F = 12, fewer kept whole
     assert Counter(labels[unlabelled].tolist()) == {0: 4, 1: 4, 2: 4, 3: 3}
     assert pred_clean[labelled].all() and not pred_clean[unlabelled].any()
     assert len(set(labelled)) == len(labelled)  # no repeats
     # F = 0: the unlabelled set is every predicted-noisy sample (Dassl returns its input for num_shots < 1)
-    _, unlabelled = divide(pred_clean, labels, num_clean=16, num_noisy=0, oracle=True)
+    _, unlabelled = divide(pred_clean, labels, num_clean=16, num_noisy=0, oracle=True, rng=random.Random(0))
     assert sorted(unlabelled) == np.flatnonzero(~pred_clean).tolist()
-    labelled, unlabelled = divide(pred_clean, labels, num_clean=12, num_noisy=4, oracle=False)
+    labelled, unlabelled = divide(pred_clean, labels, num_clean=12, num_noisy=4, oracle=False, rng=random.Random(0))
     assert len(labelled) == 46 and len(unlabelled) == 18
+
+
+def test_oracle_split_draws_depend_on_seed_epoch_and_branch_only():
+    """The split's own RNG: the global stream (e.g. drawn by a first run's few-shot sampling) changes nothing."""
+    labels = np.repeat(np.arange(4), 16)
+    pred_clean = np.arange(64) % 3 != 0
+
+    def split(seed, epoch, branch):
+        return divide(pred_clean, labels, 10, 4, True, split_rng(seed, epoch, branch))
+
+    random.seed(0)
+    first = split(1, 3, BRANCHES[0])
+    random.seed(123)
+    random.random()
+    assert split(1, 3, BRANCHES[0]) == first
+    assert split(1, 4, BRANCHES[0]) != first and split(2, 3, BRANCHES[0]) != first
+    assert split(1, 3, BRANCHES[1]) != first
+    # the same draws as Dassl-style sampling with random.Random(f"mlpt-oracle-split-{seed}-{epoch}-{branch}")
+    rng = random.Random(f"mlpt-oracle-split-1-3-{BRANCHES[0]}")
+    clean = np.flatnonzero(pred_clean)
+    expected = [i for c in range(4) for i in rng.sample([int(j) for j in clean if labels[j] == c], 10)]
+    assert first[0] == expected
 
 
 # ----------------------------------------------------------------------------- trainer on a tiny random CLIP

@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score
 from vlprompt import parse_test_res
 from dassl.data import DataManager
 from dassl.data.datasets import DATASET_REGISTRY
+from dassl.data.samplers import ContiguousShardSampler
 from dassl.evaluation import build_evaluator
 from dassl.evaluation.multilabel import average_precision, threshold_metrics
 from vlprompt.datasets.synthetic_multilabel import caption_for
@@ -136,6 +137,48 @@ def test_default_thresholds_per_score():
     assert res["OP"] == pytest.approx(100 * expected["OP"]) and res["CF1"] == pytest.approx(100 * expected["CF1"])
     res = _evaluate(_cfg("sigmoid"), logits, labels)
     assert res["OR"] == pytest.approx(100 * threshold_metrics(torch.sigmoid(logits.double()), labels, 0.5)["OR"])
+
+
+def test_top_k_predictions_as_lmpt_zero_shot_script():
+    """TOP_K 5: each image predicts its 5 best classes; OP / OR / OF1 are then the zero-shot script's
+    precision / recall / F1 over all image-class pairs, recomputed here with a loop."""
+    logits, labels = _random_batch(40, 9, seed=6)
+    cfg = _cfg("softmax")
+    cfg.TEST.MULTILABEL.TOP_K = 5
+    res = _evaluate(cfg, logits, labels)
+    scores = torch.softmax(logits.double(), 1).numpy()
+    tp = fp = fn = 0
+    for row, truth in zip(scores, labels.numpy()):
+        top = set(np.argsort(-row)[:5].tolist())
+        for c in range(9):
+            tp += (c in top) and truth[c] == 1
+            fp += (c in top) and truth[c] == 0
+            fn += (c not in top) and truth[c] == 1
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    assert (res["OP"], res["OR"]) == pytest.approx((100 * precision, 100 * recall))
+    assert res["OF1"] == pytest.approx(100 * 2 * precision * recall / (precision + recall))
+    assert res["OP"] != pytest.approx(_evaluate(_cfg("softmax"), logits, labels)["OP"])  # not the 0.3 threshold
+    cfg.TEST.MULTILABEL.TOP_K = -1
+    with pytest.raises(ValueError, match="TEST.MULTILABEL.TOP_K=-1"):
+        build_evaluator(cfg, lab2cname=None, dataset=None)
+
+
+def test_rank_blocks_gathered_in_order_give_the_single_process_result():
+    """Under torchrun each rank scores a contiguous block of the split (``ContiguousShardSampler``) in test
+    batches, and the engine feeds the gathered outputs to the evaluator in rank order: every value, group mAPs
+    included, is exactly the single-process one (an odd split size leaves the ranks uneven)."""
+    logits, labels = _random_batch(151, 6, seed=7, ties=True)
+    dataset = type("D", (), {"groups": {"head": [0, 1], "medium": [2, 3], "tail": [4, 5]}})()
+    single = _evaluate(_cfg(), logits, labels, dataset=dataset, batch=32)
+    evaluator = build_evaluator(_cfg(), lab2cname=None, dataset=dataset)
+    world_size = 2
+    for rank in range(world_size):
+        block = list(ContiguousShardSampler(len(logits), rank, world_size))
+        for start in range(0, len(block), 32):
+            rows = block[start:start + 32]
+            evaluator.process(logits[rows], labels[rows])
+    assert evaluator.evaluate() == single
+    assert {"mAP_head", "mAP_medium", "mAP_tail"} <= set(single)
 
 
 def test_result_block_is_read_by_parse_test_res(tmp_path, caplog):

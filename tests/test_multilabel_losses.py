@@ -1,4 +1,4 @@
-"""Multi-label losses (``trainers/common/multilabel_losses.py``) against their formulas, recomputed here element by
+"""Multi-label losses (``trainers/lmpt/losses.py``) against their formulas, recomputed here element by
 element on small hand-made batches (``shared/specs/lmpt.md`` §3): BCE, focal, ASL, the Distribution-Balanced loss
 (both focal variants, per-dataset constants, all switches off = BCE) and LMPT's class-specific embedding loss
 (the repository's explicit B x C x L x D expansion kept here as the reference; direction of its gradient).
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.trainers.common.multilabel_losses import (
+from vlprompt.trainers.lmpt.losses import (
     ClassSpecificEmbeddingLoss,
     DistributionBalancedLoss,
     asymmetric_loss,

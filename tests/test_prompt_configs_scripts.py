@@ -1,9 +1,9 @@
 """Configs and scripts of the CoOp family: every file loads and says what its name says; scripts run from anywhere.
 
-Config values follow coop_family.md §6 (CoOp: batch 32, MAX_EPOCH from ``_ep<E>`` else 200, ``_ctxv1`` = "a photo
-of a"; CoCoOp: ``_c<M>``, batch 1, 10 epochs).  The scripts' base-to-new pair is run end to end on Synthetic with
-the random tiny CLIP: the test run must load the epoch the training run saved (CoCoOp hard-coded 10), and a
-second call must skip.
+Config values follow KaiyangZhou/CoOp@ff61507's YAMLs (CoOp: batch 32, MAX_EPOCH from ``_ep<E>`` else 200,
+``_ctxv1`` = "a photo of a"; CoCoOp: ``_c<M>``, batch 1, 10 epochs).  The scripts' base-to-new pair is run end
+to end on Synthetic with the random tiny CLIP: the test run must load the epoch the training run saved (CoCoOp
+hard-coded 10), and a second call must skip.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_every_registered_dataset_has_a_config():
 
 @pytest.mark.parametrize("path", _configs("CoOp"), ids=osp.basename)
 def test_coop_configs(path, tmp_path):
-    """Each CoOp YAML merges and holds what its name and coop_family.md §6.3 say."""
+    """Each CoOp YAML merges and holds what its name and CoOp's file of that name say."""
     name = osp.splitext(osp.basename(path))[0]
     cfg = build_cfg("CoOp", osp.relpath(path, REPO_ROOT), str(tmp_path), str(tmp_path))
     assert cfg.MODEL.BACKBONE.NAME == BACKBONES[re.match(r"(rn\d+|vit_b\d+|tiny_vit)", name).group(1)]
@@ -64,7 +64,7 @@ def test_coop_configs(path, tmp_path):
 
 @pytest.mark.parametrize("path", _configs("CoCoOp"), ids=osp.basename)
 def test_cocoop_configs(path, tmp_path):
-    """Each CoCoOp YAML merges; _c<M>_ep<E>_batch<B> and ctxv1 match its keys (§6.4 for the ViT-B/16 ones)."""
+    """Each CoCoOp YAML merges; _c<M>_ep<E>_batch<B> and ctxv1 match its keys (as CoCoOp's ViT-B/16 ones)."""
     name = osp.splitext(osp.basename(path))[0]
     cfg = build_cfg("CoCoOp", osp.relpath(path, REPO_ROOT), str(tmp_path), str(tmp_path))
     n_ctx, epochs, batch = (int(x) for x in re.search(r"_c(\d+)_ep(\d+)_batch(\d+)", name).groups())

@@ -1,9 +1,9 @@
-"""trainers.common.prompt_learner / prompt_clip: CoOp's prompt and logits, recomputed from the spec's formulas.
+"""trainers.common.prompt_learner / prompt_clip: CoOp's prompt and logits, recomputed from CoOp's formulas.
 
-coop_family.md §4.3-§4.4: prompts are ``[prefix, ctx, suffix]`` ("end"), ``[prefix, ctx[:M//2], name, ctx[M//2:],
-rest]`` ("middle") or ``[prefix, name, ctx, rest]`` ("front"), built per class from the embedded template
-"X X ... X name."; logits are ``exp(logit_scale) * norm(image) @ norm(text)^T`` with the text read at the EOT.
-The references below are written the reference's way (a per-class Python loop, all 77 positions).
+As in KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``, prompts are ``[prefix, ctx, suffix]`` ("end"),
+``[prefix, ctx[:M//2], name, ctx[M//2:], rest]`` ("middle") or ``[prefix, name, ctx, rest]`` ("front"), built
+per class from the embedded template "X X ... X name."; logits are ``exp(logit_scale) * norm(image) @
+norm(text)^T`` with the text read at the EOT.  The references below are written the reference's way (a per-class Python loop, all 77 positions).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _reference_prompts(learner: PromptLearnerBase, position: str) -> torch.Tenso
 
 
 def _reference_text_features(prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """coop_family.md §4.2 on all 77 positions: + positions, transformer, ln_final, EOT row @ projection."""
+    """CoOp's ``TextEncoder`` on all 77 positions: + positions, transformer, ln_final, EOT row @ projection."""
     model = tiny_clip_fp32()
     x = prompts + model.positional_embedding
     x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)

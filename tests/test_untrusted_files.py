@@ -26,7 +26,7 @@ from dassl.data.datasets import DATASET_REGISTRY, Datum
 from dassl.utils import load_checkpoint, save_checkpoint
 from dassl.utils.safe_pickle import UnreadablePickleError, UnsafePickleError, load_pickle, loads_pickle
 from dataset_fixtures import write_cifar10
-from engine_helpers import REPO_ROOT, SYNTHETIC_CONFIG, TOY_CONFIG
+from helpers import REPO_ROOT, SYNTHETIC_YAML as SYNTHETIC_CONFIG, TOY_CONFIG, run_train
 from vlprompt.datasets.splits import fewshot_cache_path, load_datum_pickle
 
 SHOTS, SEED = 2, 1
@@ -88,8 +88,9 @@ def test_hostile_fewshot_cache_is_refused_by_a_real_run(tmp_path):
     _assert_one_line_refusal(proc, cache, marker)
 
 
-def test_hostile_cifar_batch_is_refused_by_a_real_run(tmp_path):
-    """train.py on CIFAR-10-LT whose data_batch_1 is hostile (a Python-2 protocol pickle): exit 1, one line."""
+def test_hostile_cifar_batch_is_refused_by_a_real_run(tmp_path, capsys, monkeypatch):
+    """train.py (in this process) on CIFAR-10-LT whose data_batch_1 is hostile (a Python-2 protocol pickle):
+    exit 1, one line, no marker."""
     root, marker = tmp_path / "data", str(tmp_path / "marker")
     folder = root / "cifar-10-python" / "cifar-10-batches-py"
     write_cifar10(str(folder), per_batch=20, n_test=10)
@@ -98,8 +99,10 @@ def test_hostile_cifar_batch_is_refused_by_a_real_run(tmp_path):
     args = ["--root", str(root), "--seed", "1", "--trainer", "Vanilla",
             "--dataset-config-file", osp.join(REPO_ROOT, "configs/datasets/cifar10_lt.yaml"),
             "--config-file", TOY_CONFIG, "--output-dir", str(tmp_path / "out"), "OPTIM.MAX_EPOCH", "1"]
-    proc = _run_train(args, cwd=str(tmp_path))
-    _assert_one_line_refusal(proc, batch, marker)
+    monkeypatch.delenv("VLPROMPT_DEBUG", raising=False)
+    capsys.readouterr()
+    code = run_train(args)
+    _assert_one_line_refusal(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), batch, marker)
 
 
 # ----------------------------------------------------------------------------- the restricted unpickler

@@ -1,7 +1,8 @@
 """ZeroshotCLIP / ZeroshotCLIP2 (trainers/zsclip.py): text features and logits recomputed with CLIP.encode_text.
 
-coop_family.md §3: one template per dataset, or the 7 ImageNet templates + the dataset's own, averaged after
-per-template L2 normalisation and normalised again; logits ``exp(logit_scale) * norm(img) @ text^T``.
+As KaiyangZhou/CoOp@ff61507 ``trainers/zsclip.py``: one template per dataset, or the 7 ImageNet templates + the
+dataset's own, averaged after per-template L2 normalisation and normalised again; logits
+``exp(logit_scale) * norm(img) @ text^T``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import torch.nn.functional as F
 from vlprompt import clip
 from helpers import build, build_cfg, tiny_clip_fp32
 from vlprompt.trainers.common.text_features import class_text_features
-from vlprompt.trainers.imagenet_templates import IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_SELECT
-from vlprompt.trainers.zsclip import CUSTOM_TEMPLATES
+from vlprompt.trainers.common.templates import IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_SELECT, dataset_template
 
 TINY_ZS = "configs/trainers/ZeroshotCLIP/tiny_vit.yaml"
 
@@ -49,7 +49,7 @@ def test_zeroshot_clip2_averages_eight_templates(data_root, tmp_path):
     templates = list(IMAGENET_TEMPLATES_SELECT) + ["a photo of a {}."]
     mean = torch.stack([_encode([t.format(n) for n in names]) for t in templates]).mean(dim=0)
     torch.testing.assert_close(trainer.model.text_features, F.normalize(mean, dim=-1), rtol=0, atol=1e-6)
-    assert len(IMAGENET_TEMPLATES_SELECT) == 7  # no in-place append on the shared list (CoOp quirk §12.10)
+    assert len(IMAGENET_TEMPLATES_SELECT) == 7  # unchanged (CoOp's ZeroshotCLIP2 appended to it in place)
 
 
 def test_class_text_features_match_encode_text_without_truncation():
@@ -71,7 +71,8 @@ def test_train_without_parameters_runs_the_final_test(data_root, tmp_path, caplo
 def test_templates_are_coop_s():
     """The template tables hold CoOp's strings (spot checks) and all 15 CoOp datasets."""
     assert len(IMAGENET_TEMPLATES) == 80 and IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
-    assert CUSTOM_TEMPLATES["DescribableTextures"] == "{} texture."
-    assert CUSTOM_TEMPLATES["EuroSAT"] == "a centered satellite photo of {}."
-    assert CUSTOM_TEMPLATES["UCF101"] == "a photo of a person doing {}."
-    assert len([k for k in CUSTOM_TEMPLATES if k not in ("Synthetic", "Flowers102")]) == 15
+    assert dataset_template("DescribableTextures") == "{} texture."
+    assert dataset_template("EuroSAT") == "a centered satellite photo of {}."
+    assert dataset_template("UCF101") == "a photo of a person doing {}."
+    assert dataset_template("OxfordPets") == "a photo of a {}, a type of pet."
+    assert dataset_template("CIFAR10LT") == "a photo of a {}."  # no TEMPLATE: the default

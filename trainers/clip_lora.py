@@ -1,27 +1,15 @@
 """CLIP-LoRA: low-rank adapters in the attention of both CLIP towers, trained with cross-entropy.
 
 Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models", CVPR Workshops 2024,
-arXiv:2405.18541; reference MaxZanella/CLIP-LoRA@358f0d7.  Spec: ``shared/specs/clip_lora_disef.md`` §1, §3.2, §6.
+arXiv:2405.18541; reference MaxZanella/CLIP-LoRA@358f0d7.
 
-The LoRA layers are ``clip/lora.py``; the model, the iteration budget, the per-iteration cosine schedule, the
-LoRA-only checkpoints and early stopping are ``trainers/common/lora_trainer.py`` (shared with DISEF).
-
-Defaults = the reference recipe (§1.4, §1.7): LoRA on q, k, v of all blocks of both towers, r 2, alpha 1,
-scale alpha / sqrt(r), dropout 0.25 on the LoRA input; AdamW (configs: lr 2e-4, betas (0.9, 0.999), weight
-decay 1e-2), ``500 x shots`` iterations with a cosine schedule to 1e-6 stepped every iteration, batch 32, fp16
-autocast + GradScaler, logit scale 100, prompt "a photo of a {}.", class prompts re-encoded at every step, no
-validation, the last model tested.  ``configs/trainers/CLIP_LoRA/vit_b16_qkv_r2_a1_iters500.yaml``.
-
-The seed notebook's "CLIP-LoRA" (§3.2, §3.6) is DISEF's LoRA recipe: q and v, vision r 64 / text r 16, alpha 32,
-alpha / r, dropout 0.1, 15 epochs with a per-epoch cosine, logit scale 100, the flower template, no augmentation,
-early stopping on val accuracy with patience 3.
-``configs/trainers/CLIP_LoRA/vit_b16_qv_r64-16_a32_ep15_notebook.yaml``.
-
-Deviations from the reference: the run length is expressed as epochs (``ceil(iters / batches per epoch)``) whose
-last one stops at the iteration budget, so Dassl's loop, logs and resume apply; checkpoints are Dassl's
-(``lora/model.pth.tar-<epoch>``, A/B only) plus ``lora_weights.pt`` in the reference format (§1.6) at the end;
-the evaluation uses the cached merged weights instead of merging in place (``clip/lora.py``).  Seed-notebook bugs
-fixed on purpose, with their literal switches, are listed in ``trainers/common/lora_trainer.py``.
+LoRA (``clip/lora.py``) on the q, k and v projections of every attention block of both towers, rank 2, alpha 1,
+update scaled by alpha / sqrt(r), dropout 0.25 on its input; only the low-rank factors train, with AdamW for
+``500 x shots`` iterations under a cosine schedule stepped every iteration, on the cross-entropy of
+``100 x cos(image, text)`` where the class prompts ("a photo of a {}.") go through the adapted text tower at
+every step; the last model is tested.  The model, the iteration budget, the LoRA-only checkpoints and early
+stopping live in ``trainers/common/lora_trainer.py`` (shared with DISEF); recipes, the seed notebook's variant and
+the differences from the reference: docs/methods/clip_lora.md.
 """
 from __future__ import annotations
 
@@ -33,7 +21,7 @@ from .common.lora_trainer import LoRATrainer, lora_cfg_node
 
 @register_cfg_defaults
 def add_cfg_defaults(cfg) -> None:
-    # Keys and comments: trainers/common/lora_trainer.py:lora_cfg_node; defaults = CLIP-LoRA's (spec §1.7)
+    # Keys and comments: trainers/common/lora_trainer.py:lora_cfg_node; defaults = CLIP-LoRA's command line
     cfg.TRAINER.CLIP_LORA = lora_cfg_node()
 
 
@@ -45,3 +33,4 @@ class CLIP_LoRA(LoRATrainer):  # noqa: N801  (registry key = the paper's spellin
     """
 
     CFG_NODE = "CLIP_LORA"
+    SUPPORTS_DISTRIBUTED = True

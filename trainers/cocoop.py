@@ -1,17 +1,14 @@
 """CoCoOp: Conditional Context Optimization — CoOp's context shifted by a per-image bias from a small meta-net.
 
 Zhou, Yang, Loy, Liu, "Conditional Prompt Learning for Vision-Language Models", CVPR 2022, arXiv:2203.05557.
-Reference: KaiyangZhou/CoOp@ff61507 ``trainers/cocoop.py``; spec ``shared/specs/coop_family.md`` §5.
+Reference implementation: KaiyangZhou/CoOp@ff61507 ``trainers/cocoop.py``.
 
-For an image with normalised features ``f``, the context is ``ctx + meta_net(f)`` (the same bias added to every
-context vector), so every image has its own prompts for all classes.  Parameters, their names and the
-checkpoint layout (``ctx``, ``meta_net.linear1.*``, ``meta_net.linear2.*``) are CoCoOp's.
-
-Deviations: the reference runs the text encoder once per image in a Python loop; here all ``B x n_cls`` prompts
-go through it in one batched call (chunked over images only when ``B x n_cls > TEXT_CHUNK_SIZE``), built only up
-to the last EOT position when ``MODEL.TEXT_ENCODER_TRUNCATE`` is on; the logits equal the per-image loop's
-(tests/test_cocoop.py).  ``forward`` always returns logits (the reference returned a loss in training mode); the
-trainer computes the loss.  Checkpoints hold no class-name buffers (see coop.py).
+For an image with normalised features ``f`` the context is ``ctx + meta_net(f)`` (the same bias added to every
+context vector), so every image has its own prompts for all classes; the logits are CLIP's scaled cosine
+similarities between the image and its own class prompts.  ``ctx`` and the two-layer meta-net are trained with
+cross-entropy; parameter names and the checkpoint layout (``ctx``, ``meta_net.linear1.*``,
+``meta_net.linear2.*``) are CoCoOp's.  All ``B x n_cls`` prompts of a batch go through the text encoder in one
+call (the reference loops over images).  Differences from the reference: docs/methods/cocoop.md.
 """
 from __future__ import annotations
 
@@ -48,6 +45,9 @@ def add_cfg_defaults(cfg) -> None:
     cfg.TRAINER.COCOOP.INIT_STD = 0.02
     # Most prompts (images x classes) per text-encoder call; bounds memory, 0 = the whole batch at once
     cfg.TRAINER.COCOOP.TEXT_CHUNK_SIZE = 16384
+    # True keeps ctx and the meta-net in fp32 under PREC fp16, cast to fp16 where they meet CLIP; False is
+    # CoCoOp's literal recipe: both are fp16 parameters updated by SGD in fp16, where small updates round away
+    cfg.TRAINER.COCOOP.FP32_MASTER_WEIGHTS = True
 
 
 class MetaNet(nn.Module):
@@ -137,6 +137,9 @@ class CoCoOp(ClipPromptTrainer):
         if node.TEXT_CHUNK_SIZE < 0:
             raise ValueError(f"TRAINER.COCOOP.TEXT_CHUNK_SIZE={node.TEXT_CHUNK_SIZE}; use 0 (no limit) or > 0")
         super().check_cfg(cfg)
+
+    def fp32_master_weights(self) -> bool:
+        return self.cfg.TRAINER.COCOOP.FP32_MASTER_WEIGHTS
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
         node = self.cfg.TRAINER.COCOOP

@@ -1,17 +1,14 @@
 """CoOp: Context Optimization — learnable prompt context vectors for a frozen CLIP.
 
 Zhou, Yang, Loy, Liu, "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv:2109.01134.
-Reference: KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``; spec ``shared/specs/coop_family.md`` §4.
+Reference implementation: KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``.
 
-The prompt ``[SOT] ctx_1..ctx_M name . [EOT]`` (generic or class-specific context, class token at the end,
-middle or front) goes through CLIP's frozen text tower; logits are CLIP's scaled cosine similarities and only
-``ctx`` is trained with cross-entropy.  The pieces live in ``trainers/common/`` (prompt learner, custom CLIP,
-trainer); this file holds CoOp's keys and choices.
-
-Deviations (same results): checkpoints hold only ``ctx`` (the class-name buffers are rebuilt per run; CoOp-era
-checkpoints that carry them still load, strictly); middle/front layouts are one gather instead of a loop; the
-text tower is cropped at the last EOT (``MODEL.TEXT_ENCODER_TRUNCATE``); fp16 on a CPU runs in fp32 (warned); under fp16 ``ctx`` keeps fp32 master weights (cast to fp16 in the prompt);
-test-split image features are cached across runs (``TEST.FEATURE_CACHE``).
+The prompt ``[SOT] ctx_1..ctx_M name . [EOT]`` (one generic context or one per class, with the class name at
+the end, in the middle or at the front) goes through CLIP's frozen text tower; the logits are CLIP's scaled
+cosine similarities between image and prompt features, and only ``ctx`` is trained, with cross-entropy.  The
+pieces shared with other methods live in ``trainers/common/`` (prompt learner, custom CLIP, trainer); this file
+holds CoOp's config keys and choices.  Differences from the reference and how to restore its literal
+behaviour: docs/methods/coop.md.
 """
 from __future__ import annotations
 
@@ -46,6 +43,9 @@ def add_cfg_defaults(cfg) -> None:
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
     # Standard deviation of the random context init (CoOp hard-codes 0.02)
     cfg.TRAINER.COOP.INIT_STD = 0.02
+    # True keeps ctx in fp32 under PREC fp16 and casts it to fp16 only where it meets CLIP; False is CoOp's
+    # literal recipe: ctx is itself an fp16 parameter updated by SGD in fp16, where small updates round away
+    cfg.TRAINER.COOP.FP32_MASTER_WEIGHTS = True
 
 
 @TRAINER_REGISTRY.register()
@@ -70,6 +70,9 @@ class CoOp(ClipPromptTrainer):
         if node.INIT_STD <= 0:
             raise ValueError(f"TRAINER.COOP.INIT_STD={node.INIT_STD}; it must be > 0")
         super().check_cfg(cfg)
+
+    def fp32_master_weights(self) -> bool:
+        return self.cfg.TRAINER.COOP.FP32_MASTER_WEIGHTS
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
         node = self.cfg.TRAINER.COOP

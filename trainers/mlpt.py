@@ -1,36 +1,18 @@
 """MLPT: two CoOp prompt learners on one frozen CLIP, trained DivideMix-style under noisy labels.
 
-"Mutual Learning Between Two Prompt Tuning Mechanisms for Vision-Language Models" (LZHMS/MLPT@8f9708e, no
-arXiv version; spec ``shared/specs/mlpt.md``).  The method is DivideMix (Li, Socher, Hoi, "DivideMix: Learning
-with Noisy Labels as Semi-supervised Learning", arXiv:2002.07394) applied to two CoOp prompts (Zhou et al.,
-arXiv:2109.01134) that differ only by their random init (§1):
+Paper: "Mutual Learning Between Two Prompt Tuning Mechanisms for Vision-Language Models" (no arXiv version).
+Reference implementation: LZHMS/MLPT@8f9708e.  It is DivideMix (Li, Socher, Hoi, arXiv:2002.07394) applied to
+two CoOp prompts (Zhou et al., arXiv:2109.01134) that differ only by their random init.
 
-- warm-up (``WARMUP_EPOCH`` epochs): each branch trains alone on the noisy few-shot set with CE (GCE, q = 0.5,
-  with ``USE_ROBUSTLOSS``), branch 1's epoch then branch 2's (§2.1);
-- co-divide: each epoch, each branch's per-sample CE on the pool (the noisy few-shot set, test transform) is
-  min-max normalised and a 2-component GMM gives p_clean (low-mean component); the other branch trains on that
-  split: labelled targets ``sharpen(w onehot + (1 - w) mean softmax, T)``, unlabelled targets
-  ``sharpen(mean softmax, T)``, loss ``soft-CE + LAMBDA_U * MSE`` (§2.2).  The split is "oracle": per class
-  ``NUM_SHOTS - NUM_FP`` predicted-clean and ``NUM_FP`` predicted-noisy samples (§2.2, §9.3);
-- test: the two branches' logits are summed (§2.3).
-
-Label noise is the dataset feature ``DATASET.NUM_FP`` (``datasets/label_noise.py``); each co-divide logs how many
-truly noisy labels each branch flagged (``Datum.true_label``), with the AUC of ``1 - p_clean``.
-
-Reference bugs fixed on purpose (literal switch in brackets, spec section):
-- §9.1 noise only on ~class 0: per-class noise [``DATASET.NOISE_LITERAL``];
-- §9.3 split sizes use the nominal noise count: kept as the default [``ORACLE_SPLIT False`` uses every
-  predicted-clean / predicted-noisy sample];
-- §9.2 expand-pool pickle bug: the pool is the noisy few-shot set, as in every reported run (no switch:
-  ``NUM_EXPAND`` is not implemented);
-- crashes of the reference, fixed without a switch: empty unlabelled split -> no L_u, empty labelled split ->
-  a warm-up epoch for that branch (§9.4); constant losses -> p_clean = 1 for all (§9.5); GCE only in warm-up,
-  co-divide always soft-CE + MSE (§9.6); amp uses the same formulas (§9.7); the GMM weight is looked up by pool
-  index instead of a ``Datum.wx`` field (§9.8); ``best_val`` tests the summed logits (§9.9).
-Other choices: the frozen image features are computed once per batch and each branch's text features once per
-step (the reference runs the text tower six times per step; same values, §9.13); targets are float32 (§9.14);
-the Beta(ALPHA, ALPHA) draw the reference makes and never uses is kept so NumPy's stream, which seeds the GMM's
-k-means init, advances as there (§2.2 step 5); the per-sample loss dump is CSV, not xlsx.
+For ``WARMUP_EPOCH`` epochs each branch trains alone on the noisy few-shot set with CE (GCE with
+``USE_ROBUSTLOSS``).  Then every epoch starts with a co-divide: each branch's per-sample CE over the pool (the
+noisy few-shot set under the test transform) is min-max normalised and a two-component GMM turns it into
+p_clean (the posterior of the low-mean component); each branch then trains on the labelled / unlabelled split
+made by the *other* branch, with refined targets ``sharpen(w onehot + (1 - w) mean softmax, T)`` on labelled
+samples, co-guessed targets ``sharpen(mean softmax, T)`` on unlabelled ones and the loss
+``soft-CE + LAMBDA_U * MSE``.  At test time the two branches' logits are summed.  Label noise itself is the
+dataset feature ``DATASET.NUM_FP`` (``datasets/label_noise.py``).  The deliberate differences from the reference,
+each with the key that restores it, and how the method runs under torchrun: ``docs/methods/mlpt.md``.
 """
 from __future__ import annotations
 
@@ -49,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
@@ -57,7 +39,7 @@ from dassl.data import DatasetWrapper
 from dassl.data.data_manager import build_data_loader
 from dassl.engine import TRAINER_REGISTRY, TrainingPass, cycle
 from dassl.metrics import compute_accuracy
-from dassl.utils import get_world_size
+from dassl.utils import all_gather_object, broadcast_object, is_main_process
 from vlprompt.datasets import label_noise  # noqa: F401  (registers DATASET.NUM_FP / NOISE_LITERAL)
 
 from .common.custom_clip import CustomCLIP, cosine_logits, l2_normalize
@@ -69,8 +51,10 @@ logger = logging.getLogger(__name__)
 
 BRANCHES = ("prompt_learner1", "prompt_learner2")  # registered names = checkpoint folders (as the reference)
 GCE_EPS = 1e-6  # (1 - (p_y + eps)^q) / q, as the reference
-DEGENERATE_SPAN = 1e-12  # max - min per-sample loss below this: no GMM, every sample is clean (§9.5)
+# max - min per-sample loss below this: no GMM, every sample is clean (the reference divides by zero there)
+DEGENERATE_SPAN = 1e-12
 LOSS_DUMP_DIR = "ClipLoss"  # under OUTPUT_DIR, as the reference
+SPLIT_RNG_SALT = "mlpt-oracle-split"  # the oracle split draws from random.Random(f"{salt}-{seed}-{epoch}-{branch}")
 
 
 @register_cfg_defaults
@@ -92,7 +76,7 @@ def add_cfg_defaults(cfg) -> None:
     # Beta(ALPHA, ALPHA) drawn once per co-divide step and unused, as the reference (only NumPy's RNG advances,
     # which seeds the GMM's k-means init); 0 = no draw
     node.ALPHA = 4.0
-    # True (reference, §9.3): per class NUM_SHOTS - NUM_FP predicted-clean and NUM_FP predicted-noisy samples;
+    # True (the reference): per class NUM_SHOTS - NUM_FP predicted-clean and NUM_FP predicted-noisy samples;
     # False: every predicted-clean sample is labelled and every predicted-noisy one unlabelled
     node.ORACLE_SPLIT = True
     node.USE_ROBUSTLOSS = False  # GCE instead of CE in warm-up (the reference's DATASET.USE_ROBUSTLOSS)
@@ -105,7 +89,7 @@ def add_cfg_defaults(cfg) -> None:
     node.LOSS_DUMP_FREQ = 10
 
 
-# ----------------------------------------------------------------------------- losses and targets (§2.2)
+# ----------------------------------------------------------------------------- losses and targets
 
 
 def sharpen(probs: Tensor, temperature: float) -> Tensor:
@@ -142,14 +126,14 @@ def gce_loss(logits: Tensor, labels: Tensor, q: float) -> Tensor:
     return ((1 - (p_y + GCE_EPS).pow(q)) / q).mean()
 
 
-# ----------------------------------------------------------------------------- co-divide (§2.2)
+# ----------------------------------------------------------------------------- co-divide
 
 
 def clean_probability(losses: np.ndarray, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4,
                       random_state=None) -> np.ndarray:
     """Posterior of the low-mean component of a 2-component GMM fitted on min-max normalised ``losses (N,)``.
 
-    Constant (or fewer than 2) losses cannot be divided: every sample is clean (probability 1, §9.5).
+    Constant (or fewer than 2) losses cannot be divided: every sample is clean (probability 1).
     """
     losses = np.asarray(losses, dtype=np.float64)
     span = float(losses.max() - losses.min()) if losses.size else 0.0
@@ -163,11 +147,11 @@ def clean_probability(losses: np.ndarray, max_iter: int = 10, tol: float = 1e-2,
     return gmm.predict_proba(normed)[:, int(gmm.means_.argmin())]
 
 
-def sample_per_class(indices: Sequence[int], labels: Sequence[int], num_shots: int) -> List[int]:
+def sample_per_class(indices: Sequence[int], labels: Sequence[int], num_shots: int, rng: random.Random) -> List[int]:
     """Dassl's ``generate_fewshot_dataset`` on pool indices: ``num_shots`` per label, without repeat.
 
     Labels are visited in order of first appearance; a label with fewer candidates keeps all of them and
-    ``num_shots < 1`` keeps everything (the reference's F = 0 case).  Uses Python's global ``random``.
+    ``num_shots < 1`` keeps everything (the reference's F = 0 case).
     """
     if num_shots < 1:
         return list(indices)
@@ -176,18 +160,26 @@ def sample_per_class(indices: Sequence[int], labels: Sequence[int], num_shots: i
         by_label.setdefault(int(labels[idx]), []).append(int(idx))
     out: List[int] = []
     for items in by_label.values():
-        out.extend(random.sample(items, num_shots) if len(items) >= num_shots else items)
+        out.extend(rng.sample(items, num_shots) if len(items) >= num_shots else items)
     return out
 
 
-def divide(pred_clean: np.ndarray, labels: Sequence[int], num_clean: int, num_noisy: int,
-           oracle: bool) -> Tuple[List[int], List[int]]:
-    """(labelled, unlabelled) pool indices from a predicted-clean mask (§2.2 / §9.3)."""
+def divide(pred_clean: np.ndarray, labels: Sequence[int], num_clean: int, num_noisy: int, oracle: bool,
+           rng: random.Random) -> Tuple[List[int], List[int]]:
+    """(labelled, unlabelled) pool indices from a predicted-clean mask; ``oracle`` keeps the reference's per-class
+    sizes (``num_clean`` predicted-clean and ``num_noisy`` predicted-noisy samples per label, drawn with ``rng``)."""
     clean = np.flatnonzero(pred_clean).tolist()
     noisy = np.flatnonzero(~pred_clean).tolist()
     if not oracle:
         return clean, noisy
-    return sample_per_class(clean, labels, num_clean), sample_per_class(noisy, labels, num_noisy)
+    return sample_per_class(clean, labels, num_clean, rng), sample_per_class(noisy, labels, num_noisy, rng)
+
+
+def split_rng(seed: int, epoch: int, branch: str) -> random.Random:
+    """The oracle split's own random source: a function of (SEED, epoch, trained branch) only, so the split does
+    not depend on what else drew from Python's global RNG (e.g. a first run drawing the few-shot set while a
+    later run loads it from its cache), on the number of processes, or on a resume."""
+    return random.Random(f"{SPLIT_RNG_SALT}-{seed}-{epoch}-{branch}")
 
 
 def detection_stats(prob_clean: np.ndarray, pred_clean: np.ndarray, is_noisy: np.ndarray) -> Dict[str, float]:
@@ -200,6 +192,26 @@ def detection_stats(prob_clean: np.ndarray, pred_clean: np.ndarray, is_noisy: np
     if 0 < is_noisy.sum() < is_noisy.size:
         stats["auc"] = float(roc_auc_score(is_noisy, 1.0 - prob_clean))
     return stats
+
+
+# ----------------------------------------------------------------------------- pool splits
+
+
+class PoolSplit(Dataset):
+    """The items ``indices`` of the pool's train-transform view, whose decoded images stay cached across epochs;
+    a batch's ``index`` is the pool index (the key of the GMM weights)."""
+
+    def __init__(self, pool_view: DatasetWrapper, indices: Sequence[int]):
+        self.pool_view, self.indices = pool_view, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        # a position in the split, or (position, augmentation seed) from the seeded training sampler
+        if isinstance(key, tuple):
+            return self.pool_view[(self.indices[key[0]], *key[1:])]
+        return self.pool_view[self.indices[key]]
 
 
 # ----------------------------------------------------------------------------- model
@@ -239,6 +251,9 @@ class MLPT(ClipPromptTrainer):
     """
 
     LEARNABLE = BRANCHES
+    # Checked under torchrun (tests/test_registry_ddp.py): the pool losses are gathered, the GMM probabilities
+    # shared, the split loaders sharded like Dassl's training loaders
+    SUPPORTS_DISTRIBUTED = True
 
     def check_cfg(self, cfg) -> None:
         node, data = cfg.TRAINER.MLPT, cfg.DATASET
@@ -258,8 +273,6 @@ class MLPT(ClipPromptTrainer):
         if node.ORACLE_SPLIT and data.NUM_SHOTS >= 1 and data.NUM_FP >= data.NUM_SHOTS:
             raise ValueError(f"DATASET.NUM_FP={data.NUM_FP} must be < DATASET.NUM_SHOTS={data.NUM_SHOTS} for the "
                              "oracle split (or set TRAINER.MLPT.ORACLE_SPLIT False)")
-        if get_world_size() > 1:
-            raise ValueError("MLPT runs in a single process; launch it without torchrun")
         super().check_cfg(cfg)
 
     # ------------------------------------------------------------------ data and model
@@ -285,16 +298,21 @@ class MLPT(ClipPromptTrainer):
         return MLPTCLIP(learners, self.make_text_encoder(clip_model), clip_model)
 
     def split_loader(self, indices: Sequence[int]) -> DataLoader:
-        """Random batches of ``TRAIN_X.BATCH_SIZE`` pool items (train transform); ``index`` = pool index."""
-        subset = Subset(self.pool_train, list(indices))
-        batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
-        return DataLoader(subset, batch_size=batch_size, sampler=RandomSampler(subset),
-                          drop_last=len(subset) >= batch_size, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+        """Random batches of ``TRAIN_X.BATCH_SIZE`` pool items (train transform); ``index`` = pool index.
+
+        Built by Dassl's ``build_data_loader`` as a training loader (random order, the last incomplete batch
+        dropped when there is a full one), so under torchrun each rank yields its slice of the single-process
+        batches, augmented as a single process would.
+        """
+        view = PoolSplit(self.pool_train, indices)
+        return build_data_loader(self.cfg, sampler_type="RandomSampler", data_source=[self.pool[i] for i in indices],
+                                 batch_size=self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, is_train=True,
+                                 dataset_wrapper=lambda *args, **kwargs: view)
 
     # ------------------------------------------------------------------ epochs
     def training_passes(self):
         """Warm-up: one CE pass per branch.  Then co-divide on both branches, and each branch trains on the
-        split the other made (both splits are computed before either update, §2.2)."""
+        split the other made (both branches' p_clean are computed before either one is updated)."""
         if self.epoch < self.cfg.TRAINER.MLPT.WARMUP_EPOCH:
             for branch in BRANCHES:
                 yield self.warmup_pass(branch)
@@ -307,7 +325,7 @@ class MLPT(ClipPromptTrainer):
         return TrainingPass(self.train_loader_x, lambda batch: self.warmup_step(branch, batch), names=[branch])
 
     def warmup_step(self, branch: str, batch: Mapping[str, Tensor]) -> Dict[str, float]:
-        """CE (or GCE) of one branch on a noisy batch (§2.1)."""
+        """CE (or GCE) of one branch on a noisy batch."""
         node = self.cfg.TRAINER.MLPT
         image, label = self.parse_batch_train(batch)
         with torch.no_grad():
@@ -321,25 +339,40 @@ class MLPT(ClipPromptTrainer):
 
     @torch.no_grad()
     def per_sample_losses(self) -> Dict[str, np.ndarray]:
-        """CE of every pool item against its given label, per branch, indexed by pool position (§2.2 steps 1-2)."""
+        """CE of every pool item against its given label, per branch, indexed by pool position.
+
+        Under torchrun each rank scores its contiguous block of the pool (the loader is sharded) and the blocks
+        are gathered, so every rank holds the losses of the whole pool.
+        """
         self.set_model_mode("eval")
         text = {b: self.model.encode_text(b) for b in BRANCHES}
-        losses = {b: np.zeros(len(self.pool)) for b in BRANCHES}
+        indices: List[np.ndarray] = []
+        values: Dict[str, List[np.ndarray]] = {b: [] for b in BRANCHES}
         for batch in self.pool_eval_loader:
             image, label = self.parse_batch_test(batch)
             image_features = self.model.encode_image(image)
+            indices.append(batch["index"].numpy())
             for b in BRANCHES:
                 ce = F.cross_entropy(self.model.logits(image_features, text[b]), label, reduction="none")
-                losses[b][batch["index"].numpy()] = ce.cpu().numpy()
+                values[b].append(ce.cpu().numpy())
+        local = (np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
+                 {b: np.concatenate(v) if v else np.zeros(0, dtype=np.float32) for b, v in values.items()})
+        losses = {b: np.zeros(len(self.pool)) for b in BRANCHES}
+        for block_indices, block_values in all_gather_object(local):  # rank order; one block in a single process
+            for b in BRANCHES:
+                losses[b][block_indices] = block_values[b]
         return losses
 
     def co_divide(self) -> Dict[str, np.ndarray]:
         """p_clean of every pool item from each branch's GMM; logs how many noisy labels each one flagged."""
         node = self.cfg.TRAINER.MLPT
         losses = self.per_sample_losses()
-        probs = {}
+        # Every rank fits the GMMs on the same losses (their k-means init draws from NumPy's global RNG, which
+        # must advance alike on every rank); rank 0's probabilities are then used everywhere, so that every
+        # rank draws the same split.
+        probs = broadcast_object({b: clean_probability(losses[b], node.GMM_MAX_ITER, node.GMM_TOL,
+                                                       node.GMM_REG_COVAR) for b in BRANCHES})
         for b in BRANCHES:
-            probs[b] = clean_probability(losses[b], node.GMM_MAX_ITER, node.GMM_TOL, node.GMM_REG_COVAR)
             stats = detection_stats(probs[b], probs[b] > node.THRESHOLD, self.pool_is_noisy)
             logger.info(f"co-divide [{b}]: {stats['n_clean']}/{len(self.pool)} predicted clean; flagged "
                         f"{stats['hits']}/{stats['n_noisy']} noisy labels (precision {stats['precision']:.1f}%, "
@@ -351,12 +384,12 @@ class MLPT(ClipPromptTrainer):
         return probs
 
     def division_pass(self, trained: str, other: str, prob_clean: np.ndarray) -> TrainingPass:
-        """Train ``trained`` on the split made by ``other``'s p_clean (§2.2); empty splits are guarded (§9.4)."""
+        """Train ``trained`` on the split made by ``other``'s p_clean; empty splits are guarded."""
         node, data = self.cfg.TRAINER.MLPT, self.cfg.DATASET
-        labelled, unlabelled = divide(prob_clean > node.THRESHOLD, self.pool_labels,
-                                      data.NUM_SHOTS - data.NUM_FP, data.NUM_FP, node.ORACLE_SPLIT)
+        labelled, unlabelled = divide(prob_clean > node.THRESHOLD, self.pool_labels, data.NUM_SHOTS - data.NUM_FP,
+                                      data.NUM_FP, node.ORACLE_SPLIT, split_rng(self.cfg.SEED, self.epoch, trained))
         if not labelled:
-            logger.warning(f"{other} predicts no clean sample: {trained} runs a warm-up epoch instead (§9.4)")
+            logger.warning(f"{other} predicts no clean sample: {trained} runs a warm-up epoch instead")
             return self.warmup_pass(trained)
         unlabelled_iter = cycle(self.split_loader(unlabelled)) if unlabelled else None
         weights = torch.from_numpy(prob_clean).float()
@@ -366,13 +399,14 @@ class MLPT(ClipPromptTrainer):
 
     def codivide_step(self, trained: str, batch_x: Mapping[str, Tensor], other: str, weights: Tensor,
                       unlabelled_iter: Optional[Iterator]) -> Dict[str, float]:
-        """Refined targets on the labelled batch, co-guessed targets on the next unlabelled one (§2.2)."""
+        """Refined targets on the labelled batch, co-guessed targets on the next unlabelled one."""
         node = self.cfg.TRAINER.MLPT
         if node.ALPHA > 0:
             np.random.beta(node.ALPHA, node.ALPHA)  # the reference's unused MixUp coefficient (RNG parity)
         image_x, label_x = self.parse_batch_train(batch_x)
         w = weights[batch_x["index"]].to(self.device)  # (B_x,)
-        batch_u = next(unlabelled_iter) if unlabelled_iter is not None else None
+        # None also when this rank's shard of a split smaller than the global batch is empty (torchrun)
+        batch_u = next(unlabelled_iter, None) if unlabelled_iter is not None else None
         with torch.no_grad():
             feat_x = self.model.encode_image(image_x)  # (B_x, E)
             feat_u = self.model.encode_image(batch_u["img"].to(self.device)) if batch_u is not None else None
@@ -398,7 +432,7 @@ class MLPT(ClipPromptTrainer):
     def dump_losses(self, losses: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray]) -> None:
         """Every ``LOSS_DUMP_FREQ`` epochs: normalised losses and p_clean per branch, as the reference's xlsx."""
         freq = self.cfg.TRAINER.MLPT.LOSS_DUMP_FREQ
-        if freq <= 0 or (self.epoch + 1) % freq != 0:
+        if freq <= 0 or (self.epoch + 1) % freq != 0 or not is_main_process():
             return
         folder = osp.join(self.output_dir, LOSS_DUMP_DIR)
         os.makedirs(folder, exist_ok=True)

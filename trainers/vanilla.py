@@ -15,6 +15,8 @@ from dassl.metrics import compute_accuracy
 class Vanilla(TrainerX):
     """Supervised training of ``SimpleNet`` on the labeled split (cross-entropy)."""
 
+    SUPPORTS_DISTRIBUTED = True  # tests/test_registry_ddp.py; BatchNorm spans the ranks (cross_rank_bn.py)
+
     def check_cfg(self, cfg):
         if not cfg.MODEL.BACKBONE.NAME:
             raise ValueError("Vanilla needs MODEL.BACKBONE.NAME (e.g. cnn_small); pass --backbone cnn_small")

@@ -1,16 +1,14 @@
 """Zero-shot CLIP baselines of the CoOp repository: hand-written prompts, nothing learned.
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", arXiv:2103.00020, as
-run by CoOp (Zhou et al., arXiv:2109.01134; reference KaiyangZhou/CoOp@ff61507 ``trainers/zsclip.py``).
-Spec: ``shared/specs/coop_family.md`` §3.
+run by CoOp (Zhou et al., arXiv:2109.01134).  Reference implementation: KaiyangZhou/CoOp@ff61507
+``trainers/zsclip.py``.
 
-- ``ZeroshotCLIP``: one template per dataset (``CUSTOM_TEMPLATES``).
-- ``ZeroshotCLIP2``: the 7 ``IMAGENET_TEMPLATES_SELECT`` templates plus the dataset's own (except ImageNet),
-  features averaged over templates.
-
-Deviations: the template lists are tuples (CoOp appended to its module-level list in place, §12.10);
-datasets without a template use "a photo of a {}." (logged); ``train()`` is allowed and just runs the final
-test, so base-to-new scripts work with ``TRAINER=ZeroshotCLIP`` (CoOp issues #70/#72).
+The class prompts are written from templates, encoded once by CLIP's frozen text tower and L2-normalised; an
+image's logits are CLIP's scaled cosine similarities with them.  ``ZeroshotCLIP`` uses the dataset's own
+template (the dataset class's ``TEMPLATE``); ``ZeroshotCLIP2`` ensembles the 7 ``IMAGENET_TEMPLATES_SELECT``
+templates plus the dataset's own (except on ImageNet) by averaging the normalised features over templates.
+Differences from the reference: docs/methods/zeroshot_clip.md.
 """
 from __future__ import annotations
 
@@ -27,31 +25,9 @@ from dassl.engine import TRAINER_REGISTRY
 from .common.custom_clip import CustomCLIP, cosine_logits
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.text_features import class_text_features
-from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
+from .common.templates import IMAGENET_TEMPLATES_SELECT, dataset_template
 
 logger = logging.getLogger(__name__)
-
-# Per-dataset prompt, "{}" = class name with "_" read as a space (spec §3.1), plus vlprompt's own datasets.
-CUSTOM_TEMPLATES: dict[str, str] = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
-    "Flowers102": "a photo of a {}, a type of flower.",
-    "Synthetic": "a photo of a {}.",
-}
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 
 @register_cfg_defaults
@@ -59,13 +35,6 @@ def add_cfg_defaults(cfg) -> None:
     cfg.TRAINER.ZEROSHOTCLIP = CN()
     # fp16 (CoOp: CLIP kept in half precision), fp32 or amp; fp16/amp fall back to fp32 on a CPU (warning)
     cfg.TRAINER.ZEROSHOTCLIP.PREC = "fp16"
-
-
-def dataset_template(dataset_name: str) -> str:
-    """The dataset's hand-written template, or ``DEFAULT_TEMPLATE`` (logged) when it has none."""
-    if dataset_name not in CUSTOM_TEMPLATES:
-        logger.info(f"No template for dataset {dataset_name}; using {DEFAULT_TEMPLATE!r}")
-    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
 class ZeroshotCLIPModel(CustomCLIP):

@@ -11,16 +11,23 @@ Config precedence (later wins): defaults + every method's keys → dataset YAML 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import logging
 import os
 import os.path as osp
+import subprocess
 import sys
 
 import torch
+import yaml
 
 from dassl.engine import build_trainer
+from dassl.engine.run_guard import (ConfigChangedError, RunInterrupted, RunLock, RunLockedError, RunManifest,
+                                    interruptible, position_text)
 from dassl.utils import (
     UnreadableImageError,
+    broadcast_object,
     close_logger,
     collect_env_info,
     destroy_distributed,
@@ -55,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="resume an output folder even though its run manifest records another config")
     for flag, (key, help_text) in _trainer_flags().items():  # flags that trainers declare (CLI_FLAGS)
         parser.add_argument(flag, type=str, default=None, dest=_flag_dest(flag), help=f"{help_text} (= {key})")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
@@ -103,6 +112,13 @@ def _merge_file(cfg, path: str, what: str) -> None:
         raise ConfigError(f"{what} not found: {path}")
     try:
         cfg.merge_from_file(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {where}: {problem}; fix the file") from err
+    except (TypeError, AttributeError) as err:
+        raise ConfigError(f"{path} is not a YAML mapping of config keys ({err}); fix the file") from err
     except KeyError as err:
         key = str(err).strip("'\"").replace("Non-existent config key: ", "")
         raise ConfigError(f"unknown config key {key} in {path} (did you mean {_closest_key(cfg, key)}?)") from err
@@ -179,10 +195,17 @@ def print_args(args, cfg) -> None:
 def main(args) -> None:
     cfg = setup_cfg(args)
     init_distributed(use_cuda=cfg.USE_CUDA)  # torchrun: one process per GPU (or gloo on CPU)
+    with guarded_output_dir(cfg, args) as lock:
+        run(args, cfg, lock)
+
+
+def run(args, cfg, lock: RunLock) -> None:
     if is_main_process():
         setup_logger(cfg.OUTPUT_DIR)
     else:
         setup_logger(None, level=logging.WARNING)  # only rank 0 writes log.txt
+    if lock.stale_owner:
+        logger.info(f"Took over a stale lock of a run that ended without releasing it ({lock.stale_owner})")
     if cfg.SEED >= 0:
         logger.info(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -201,22 +224,81 @@ def main(args) -> None:
         trainer.train()
 
 
+@contextlib.contextmanager
+def guarded_output_dir(cfg, args):
+    """Rank 0 locks OUTPUT_DIR for the run and checks / writes its run manifest; every rank learns the outcome."""
+    lock = RunLock(cfg.OUTPUT_DIR)
+    error = None
+    if is_main_process():
+        try:
+            lock.acquire()
+            if not args.eval_only:
+                check_and_write_manifest(cfg, args.resume_anyway)
+        except (RunLockedError, ConfigChangedError) as err:
+            lock.release()
+            error = err
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def check_and_write_manifest(cfg, resume_anyway: bool) -> None:
+    """A folder holding checkpoints may only be resumed with the config that made them (see RunManifest)."""
+    manifest = RunManifest(cfg.OUTPUT_DIR)
+    resume_dir = cfg.RESUME or cfg.OUTPUT_DIR
+    has_checkpoints = bool(glob.glob(osp.join(resume_dir, "*", "model.pth.tar-*")))
+    if has_checkpoints:
+        RunManifest(resume_dir).check(cfg, resume_anyway=resume_anyway)
+        if manifest.read() is not None and not resume_anyway:
+            return  # the folder's own record stays as its first run wrote it
+    manifest.write(cfg, extra=run_provenance())
+
+
+def run_provenance() -> dict:
+    """Package version and, in a git checkout, the commit (with a flag for uncommitted changes)."""
+    from vlprompt import __version__
+
+    info = {"vlprompt_version": __version__, "torch_version": torch.__version__}
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    if osp.isdir(osp.join(root, ".git")):
+        try:
+            commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            info.update(git_commit=commit, git_dirty=bool(dirty))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
 # Errors that mean bad input (a missing folder or file, an unknown name or key, a bad value, an
 # unreadable image): reported as one line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError, UnreadableImageError)
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError, UnreadableImageError, RunLockedError)
 
 
 def cli(argv=None) -> int:
-    """Run ``main``; a user error (missing file, unknown name or key) is one line on stderr, exit 1."""
+    """Run ``main``; a user error (missing file, unknown name or key) is one line on stderr, exit 1; Ctrl-C or
+    SIGTERM stop cleanly with one line and exit 130 / 143 (the last complete checkpoint set stays)."""
     args = build_parser().parse_args(argv)
     try:
-        main(args)
+        with interruptible():
+            main(args)
         destroy_distributed()
+    except RunInterrupted as stop:
+        if is_main_process():
+            print(f"interrupted {position_text()}; re-run the same command to resume", file=sys.stderr)
+        return stop.exit_code
     except USER_ERRORS as err:
         if os.environ.get("VLPROMPT_DEBUG") == "1":
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}  (set VLPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
+        if is_main_process():
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"error: {message}  (set VLPROMPT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     finally:
         close_logger()  # a later run in the same process must not write into this run's log.txt

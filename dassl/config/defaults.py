@@ -1,8 +1,8 @@
-"""The complete default config tree of Dassl 0.6.3 (../shared/specs/dassl_engine.md §2.3).
+"""The complete default config tree of Dassl 0.6.3 (KaiyangZhou/Dassl.pytorch ``dassl/config/defaults.py``).
 
 Types matter: yacs refuses to merge a value of another type (write ``OPTIM.LR 1.0``, not ``1``).
 Method and project keys (TRAINER.COOP, DATASET.SUBSAMPLE_CLASSES, ...) are added by
-``vlprompt_config.extend_cfg`` before any YAML is merged.
+the ``@register_cfg_defaults`` hooks that ``dassl.config.extend_cfg`` applies before any YAML is merged.
 """
 from yacs.config import CfgNode as CN
 

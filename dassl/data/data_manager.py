@@ -1,9 +1,12 @@
-"""``DataManager``, ``DatasetWrapper`` and ``build_data_loader`` (dassl_engine.md §4.1–4.3)."""
+"""``DataManager``, ``DatasetWrapper`` and ``build_data_loader`` (as in Dassl's ``dassl/data/data_manager.py``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 from typing import Optional
 
+import numpy as np
 import torch
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
@@ -12,7 +15,7 @@ from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 from dassl.utils import get_rank, get_world_size, read_image
 
 from .datasets import build_dataset, postprocess_dataset
-from .samplers import ContiguousShardSampler, ShardedBatchSampler, build_sampler
+from .samplers import ContiguousShardSampler, SeededItemSampler, ShardedBatchSampler, build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ def build_data_loader(
     """
     sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                             n_domain=n_domain, n_ins=n_ins)
+    if is_train:
+        sampler = SeededItemSampler(sampler)  # per-item augmentation seeds: same batches on any number of ranks
     wrapper = dataset_wrapper or DatasetWrapper
     if wrapper is DatasetWrapper:
         dataset = wrapper(cfg, data_source, transform=tfm, is_train=is_train, num_classes=num_classes)
@@ -73,7 +78,14 @@ class DataManager:
     """Builds the dataset and its train_x / train_u / val / test loaders from ``cfg``."""
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
-        dataset = postprocess_dataset(build_dataset(cfg), cfg)  # registered steps, e.g. label noise
+        # Building the dataset may draw few-shot subsets from the seeded RNGs, or read them from a cache; the RNG
+        # states are restored after, so what follows (model init, batches) is the same in both cases.
+        with preserved_rngs():
+            dataset = postprocess_dataset(build_dataset(cfg), cfg)  # registered steps, e.g. label noise
+        if not dataset.train_x and not dataset.test:
+            folder = getattr(dataset, "dataset_dir", "") or cfg.DATASET.ROOT
+            raise ValueError(f"{cfg.DATASET.NAME}: no images found under {folder}; check the folder and "
+                             "DATASET.ROOT (--root)")
         multilabel = bool(dataset.train_x) and dataset.train_x[0].is_multilabel
         n_cls = dataset.num_classes if multilabel else None
 
@@ -166,6 +178,29 @@ class DataManager:
         logger.info(tabulate(table))
 
 
+@contextlib.contextmanager
+def preserved_rngs():
+    """Python's, NumPy's and torch's global CPU RNG states are as they were after the body."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int):
+    """Python's, NumPy's and torch's global CPU RNGs seeded with ``seed`` inside, restored on exit (the CUDA
+    generators, which image transforms do not use, are left alone)."""
+    with preserved_rngs():
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
 class DatasetWrapper(TorchDataset):
     """Reads one ``Datum`` and returns ``{img, label, domain, impath, index}`` (+ ``img0``, ``img2``…).
 
@@ -202,7 +237,16 @@ class DatasetWrapper(TorchDataset):
             return vec
         return label
 
-    def __getitem__(self, idx: int):
+    def __getitem__(self, key):
+        """``key`` is an index, or ``(index, seed)`` from ``SeededItemSampler``: the item's random transforms
+        then draw from RNGs seeded with ``seed`` (and the caller's RNG states are left as they were)."""
+        if isinstance(key, tuple):
+            idx, seed = key
+            with seeded_rngs(seed):
+                return self._get(idx)
+        return self._get(key)
+
+    def _get(self, idx: int):
         item = self.data_source[idx]
         output = {"label": self._label(item.label), "domain": item.domain, "impath": item.impath, "index": idx}
         if not item.is_multilabel:

@@ -1,4 +1,4 @@
-"""Samplers by name (dassl_engine.md §4.5)."""
+"""Samplers by name (Dassl's ``dassl/data/samplers.py`` names and behaviour)."""
 from __future__ import annotations
 
 import copy
@@ -151,6 +151,10 @@ class ShardedBatchSampler(Sampler):
         if global_batch_size % world_size != 0:
             raise ValueError(f"batch size {global_batch_size} is not divisible by the {world_size} processes; "
                              "DATALOADER.*.BATCH_SIZE is the global batch size under torchrun")
+        rest = 0 if drop_last else len(sampler) % global_batch_size
+        if rest and -(-rest // world_size) * (world_size - 1) >= rest:
+            raise ValueError(f"the last training batch holds {rest} items, too few to give each of the {world_size} "
+                             "processes one; change DATALOADER.TRAIN_X.BATCH_SIZE or the number of processes")
         self.sampler = sampler
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // world_size
@@ -190,3 +194,33 @@ class ContiguousShardSampler(Sampler):
 
     def __len__(self):
         return len(self.indices)
+
+
+class SeededItemSampler(Sampler):
+    """Items of ``sampler`` paired with a seed for their random augmentation: ``(index, seed)``.
+
+    One base number is drawn from torch's RNG per pass; an item's seed is a fixed function of it and of the
+    item's index.  ``DatasetWrapper`` seeds Python's, NumPy's and torch's RNGs with it while transforming that
+    item (and restores them after), so the augmentation of an item does not depend on which process or data
+    worker reads it: under torchrun each rank transforms its slice of a global batch exactly as a single
+    process would, and ``DATALOADER.NUM_WORKERS`` does not change results.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        import torch
+
+        base = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+        for index in self.sampler:
+            yield int(index), item_seed(base, int(index))
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def item_seed(base: int, index: int) -> int:
+    """A 32-bit seed from a pass's base number and an item index (a multiplicative hash, no collisions
+    between the indices of one pass)."""
+    return (base + index * 0x9E3779B1) % (2 ** 32)

@@ -38,10 +38,12 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from dassl.data import DataManager
 from dassl.evaluation import build_evaluator
+from dassl.modeling.cross_rank_bn import convert_to_cross_rank_batchnorm
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import (
     all_gather_object,
     average_gradients,
+    barrier,
     count_num_param,
     get_world_size,
     is_distributed,
@@ -50,12 +52,14 @@ from dassl.utils import (
     load_pretrained_weights,
     mkdir_if_missing,
     progress,
-    save_checkpoint,
     tolist_if_not,
 )
 
+from .checkpoints import (CheckpointError, check_state_dict_fits, common_epochs, epoch_file, read_checkpoint_set,
+                          recover_checkpoint_sets, write_checkpoint_set)
 from .loop import LR_STEP_POLICIES, EpochProgress, TrainingPass, cycle
 from .rng import get_rng_state, set_rng_state
+from .run_guard import set_position
 from .simple_net import SimpleNet
 
 __all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "SimpleNet", "TrainingPass", "EpochProgress",
@@ -72,10 +76,9 @@ def is_metric_scheduler(sched: Any) -> bool:
 class TrainerBase:
     """Models, optimizers and schedulers by name; the generic epoch loop and its hooks."""
 
-    # True once a trainer has been checked under torchrun (sharded batches, averaged gradients,
-    # gathered evaluation). Trainers with their own loaders or passes over the training set (e.g. a
-    # per-sample loss pass) must verify those before setting it.
-    SUPPORTS_DISTRIBUTED = False
+    # Every registered trainer runs under torchrun (sharded batches, averaged gradients, gathered evaluation;
+    # checked by tests/test_registry_ddp.py). A trainer that cannot may set False: it then refuses torchrun.
+    SUPPORTS_DISTRIBUTED = True
     # Command-line flags this trainer adds to train.py: flag -> (config key it sets, help text).
     CLI_FLAGS: ClassVar[Dict[str, Tuple[str, str]]] = {}
 
@@ -86,6 +89,9 @@ class TrainerBase:
         self._writer = None
         self._stop_reason: Optional[str] = None
         self.scaler: Optional[torch.amp.GradScaler] = None  # set by trainers that train under amp
+        # Under torchrun: this rank's share of the current global batch, times the number of ranks (1 when the
+        # batch splits evenly); scaling the rank's mean loss by it makes the averaged gradient the global mean.
+        self.rank_loss_weight = 1.0
 
     # ------------------------------------------------------------------ models
     def register_model(self, name="model", model=None, optim=None, sched=None):
@@ -121,71 +127,90 @@ class TrainerBase:
                 raise KeyError(f"model mode {mode!r}; choose one of train, test, eval")
 
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, name: str, epoch: int, val_result=None, rng_state=None) -> Dict[str, Any]:
+        """What one model's checkpoint holds (tensors and primitives only, loadable with ``weights_only``)."""
+        model_dict = self._models[name].state_dict()
+        model_dict = OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in model_dict.items())
+        return {
+            "state_dict": model_dict,
+            "epoch": epoch + 1,
+            "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
+            "scheduler": self._scheds[name].state_dict() if self._scheds[name] is not None else None,
+            "val_result": val_result,
+            "rng_state": get_rng_state() if rng_state is None else rng_state,
+        }
+
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Save every model after ``epoch`` (0-based) as one checkpoint set (see ``checkpoints.py``).
+
+        ``model_name`` "" writes ``model.pth.tar-<epoch + 1>`` and moves the ``checkpoint`` pointers; a name such
+        as ``model-best.pth.tar`` writes that file only.  ``is_best`` also writes ``model-best.pth.tar``.
+        """
         if not is_main_process():  # one writer under torchrun; every rank holds the same weights
             return
         rng_state = get_rng_state()
-        for name in self.get_model_names():
-            model_dict = self._models[name].state_dict()
-            optim_dict = self._optims[name].state_dict() if self._optims[name] is not None else None
-            sched_dict = self._scheds[name].state_dict() if self._scheds[name] is not None else None
-            save_checkpoint(
-                {
-                    "state_dict": model_dict,
-                    "epoch": epoch + 1,
-                    "optimizer": optim_dict,
-                    "scheduler": sched_dict,
-                    "val_result": val_result,
-                    "rng_state": rng_state,
-                },
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+        states = {name: self.checkpoint_state(name, epoch, val_result, rng_state) for name in self.get_model_names()}
+        write_checkpoint_set(directory, states, model_name or epoch_file(epoch + 1), update_pointer=not model_name)
+        if is_best and not model_name:
+            write_checkpoint_set(directory, states, "model-best.pth.tar", update_pointer=False)
 
     def resume_model_if_exist(self, directory):
+        """Load the newest epoch that every model saved and whose files all read; return the epoch to start at.
+
+        An interrupted save is completed or discarded first; models saved up to different epochs resume from
+        the newest common one, and an unreadable newest epoch falls back to the one before (both logged).
+        """
         names = self.get_model_names()
-        file_missing = any(not osp.exists(osp.join(directory, name, "checkpoint")) for name in names)
-        if file_missing or not names:
+        if not names:
+            return 0
+        if is_main_process():
+            recover_checkpoint_sets(directory, names)
+        barrier()
+        epochs = common_epochs(directory, names)
+        if not epochs:
             logger.info("No checkpoint found, train from scratch")
             return 0
         logger.info(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch, rng_state = 0, None
+        epoch, checkpoints = read_checkpoint_set(directory, names, epochs)
         for name in names:
-            path = osp.join(directory, name)
-            with open(osp.join(path, "checkpoint")) as f:
-                fpath = osp.join(path, f.readline().strip())
-            logger.info(f'Loading checkpoint from "{fpath}"')
-            checkpoint = load_checkpoint(fpath)
-            self._models[name].load_state_dict(checkpoint["state_dict"])
-            logger.info("Loaded model weights")
-            if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
-                self._optims[name].load_state_dict(checkpoint["optimizer"])
-                logger.info("Loaded optimizer")
-            if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(checkpoint["scheduler"])
-                logger.info("Loaded scheduler")
-            start_epoch = checkpoint["epoch"]
-            rng_state = checkpoint.get("rng_state", rng_state)
-            logger.info(f"Previous epoch: {start_epoch}")
+            self.load_checkpoint_into(name, checkpoints[name], osp.join(directory, name, epoch_file(epoch)))
+        rng_state = checkpoints[names[0]].get("rng_state")
         if rng_state is not None:
             set_rng_state(rng_state)
-        return start_epoch
+        logger.info(f"Previous epoch: {epoch}")
+        return epoch
+
+    def load_checkpoint_into(self, name: str, checkpoint: Dict[str, Any], path: str) -> None:
+        """Model, optimizer and scheduler state of a resumed checkpoint; a mismatch is one line naming ``path``."""
+        check_state_dict_fits(self._models[name], checkpoint["state_dict"], path)
+        self._models[name].load_state_dict(checkpoint["state_dict"])
+        logger.info(f'Loaded model weights of {name} from "{path}"')
+        for part, target in (("optimizer", self._optims[name]), ("scheduler", self._scheds[name])):
+            if target is None or checkpoint.get(part) is None:
+                continue
+            try:
+                target.load_state_dict(checkpoint[part])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise CheckpointError(f"{path}: its {part} state does not fit this run ({err}); it comes from "
+                                      "another config; use another --output-dir") from err
+            logger.info(f"Loaded {part}")
 
     def load_model(self, directory, epoch=None):
         if not directory:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
             return
         names = self.get_model_names()
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        model_file = "model-best.pth.tar" if epoch is None else epoch_file(epoch)
         for name in names:
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f"No model at {model_path}")
+                hint = "pass --load-epoch" if epoch is None else "check --model-dir and --load-epoch"
+                raise FileNotFoundError(f'Model not found at "{model_path}"; {hint}')
             checkpoint = load_checkpoint(model_path)
             val_result = checkpoint.get("val_result")
             val_text = "None" if val_result is None else f"{val_result:.1f}"
             logger.info(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={val_text})")
+            check_state_dict_fits(self._models[name], checkpoint["state_dict"], model_path)
             self._models[name].load_state_dict(checkpoint["state_dict"])
 
     # ------------------------------------------------------------------ learning rates
@@ -246,8 +271,10 @@ class TrainerBase:
         for self.epoch in range(self.start_epoch, self.max_epoch):
             if self.stop_requested:
                 break
+            set_position(self.epoch + 1, None)
             self.before_epoch()
             self.run_epoch()
+            set_position(self.epoch + 1, None)
             self.after_epoch()
         if self.stop_requested:
             logger.info(f"Stopping early: {self._stop_reason}")
@@ -321,6 +348,8 @@ class TrainerBase:
         """
         self.model_zero_grad(names)
         self.detect_anomaly(loss)
+        if self.rank_loss_weight != 1.0:  # an uneven last batch under torchrun
+            loss = loss * self.rank_loss_weight
         if self.scaler is None:
             loss.backward()
             self.sync_gradients(names)
@@ -341,7 +370,7 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         if get_world_size() > 1 and not type(self).SUPPORTS_DISTRIBUTED:
             raise ValueError(f"{type(self).__name__} has not been verified under torchrun; run it in a single "
-                             "process (supported: trainers with SUPPORTS_DISTRIBUTED = True, e.g. CoOp, CoCoOp)")
+                             "process")
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             self.device = torch.device("cuda", torch.cuda.current_device()) if is_distributed() else torch.device("cuda")
@@ -392,6 +421,8 @@ class SimpleTrainer(TrainerBase):
         self.model = SimpleNet(cfg, cfg.MODEL, self.num_classes)
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(self.model, cfg.MODEL.INIT_WEIGHTS)
+        if get_world_size() > 1:  # normalise with the global batch's statistics, as one process would
+            convert_to_cross_rank_batchnorm(self.model)
         self.model.to(self.device)
         logger.info(f"# params: {count_num_param(self.model):,}")
         self.optim = build_optimizer(self.model, cfg.OPTIM)
@@ -431,6 +462,7 @@ class SimpleTrainer(TrainerBase):
         if do_test:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
                 logger.info("Deploy the model with the best val performance")
+                barrier()  # torchrun: rank 0 may still be writing model-best.pth.tar, which every rank reads
                 self.load_model(self.output_dir)
             else:
                 logger.info("Deploy the last-epoch model")
@@ -473,8 +505,8 @@ class SimpleTrainer(TrainerBase):
         """(split name, loader, data source) to evaluate: ``split`` or TEST.SPLIT; val falls back to test."""
         split = self.cfg.TEST.SPLIT if split is None else split
         if split == "val" and self.val_loader is not None:
-            return "val", self.val_loader, self.dm.dataset.val
-        return "test", self.test_loader, self.dm.dataset.test
+            return "val", self.val_loader, self.dm.split_items["val"]
+        return "test", self.test_loader, self.dm.split_items["test"]
 
     def write_results(self, split: str, results: Dict[str, float]) -> None:
         for k, v in results.items():
@@ -538,6 +570,8 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(loader)
         end = time.time()
         for self.batch_idx, batch in enumerate(loader):
+            set_position(self.epoch + 1, self.batch_idx + 1)
+            self.rank_loss_weight = rank_share(batch)
             data_time = time.time() - end
             loss_summary = training_pass.step(batch)
             last_batch = (self.batch_idx + 1) == self.num_batches
@@ -552,6 +586,29 @@ class TrainerX(SimpleTrainer):
         label = batch["label"].to(self.device)
         domain = batch["domain"].to(self.device)
         return input, label, domain
+
+
+def _items_in(batch) -> int:
+    """Number of items in a batch: the length of its first tensor (dicts and tuples are searched in order)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        n = _items_in(value)
+        if n:
+            return n
+    return 0
+
+
+def rank_share(batch) -> float:
+    """``n_local * W / n_global`` for this rank's part of the current batch (1.0 in a single process)."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return 1.0
+    n_local = _items_in(batch)
+    counts = all_gather_object(n_local)
+    total = sum(counts)
+    return 1.0 if total == n_local * world_size else n_local * world_size / total
 
 
 class _PairedBatches:

@@ -1,8 +1,8 @@
 """Multi-label evaluator: per-class average precision -> mAP, group mAPs, thresholded P/R/F1.
 
-Written for long-tailed multi-label recognition (LMPT, Xia et al., arXiv:2305.04536, spec
-``shared/specs/lmpt.md`` §4.3), usable by any multi-label trainer whose model returns logits ``(B, C)``
-and whose batches carry multi-hot labels ``(B, C)`` (``DatasetWrapper`` builds them from tuple labels).
+Written for long-tailed multi-label recognition (LMPT, Xia et al., arXiv:2305.04536; its metrics in
+richard-peng-xia/LMPT@aab39ca ``lmpt/metrics.py``), usable by any multi-label trainer whose model returns logits
+``(B, C)`` and whose batches carry multi-hot labels ``(B, C)`` (``DatasetWrapper`` builds them from tuple labels).
 
 - AP per class is scikit-learn's ``average_precision_score`` (non-interpolated,
   ``sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds, ties grouped), computed for all
@@ -11,12 +11,15 @@ and whose batches carry multi-hot labels ``(B, C)`` (``DatasetWrapper`` builds t
 - Group mAPs (``mAP_head`` / ``mAP_medium`` / ``mAP_tail`` for COCO-LT and VOC-LT) are the mean AP
   over the index lists in ``dataset.groups``, whatever the group names are.
 - Scores: ``TEST.MULTILABEL.SCORE`` = ``sigmoid`` (default; per-class ranking = the logit's),
-  ``softmax`` over the classes (what the LMPT repository scores with, spec §4.3 / §6.7) or ``logit``.
+  ``softmax`` over the classes (what the LMPT repository scores with) or ``logit``.
   The mAP under the other ranking (``mAP_softmax`` or ``mAP_sigmoid``) is reported too.
-- Thresholded metrics at ``TEST.MULTILABEL.THRESHOLD``: CP / CR / CF1 (class means; CF1 is the mean
-  per-class F1, not the harmonic mean of CP and CR; a class with no true positive counts 0) and
-  OP / OR / OF1 (over all image-class pairs).
+- Thresholded metrics: an image-class pair is predicted when its score exceeds ``TEST.MULTILABEL.THRESHOLD``
+  (or, with ``TEST.MULTILABEL.TOP_K`` > 0, when the class is among the image's K best). CP / CR / CF1 are class
+  means (CF1 is the mean per-class F1, not the harmonic mean of CP and CR; a class with no true positive
+  counts 0), OP / OR / OF1 are taken over all image-class pairs.
 
+Everything is computed from the whole split at once: under torchrun the engine's ``test()`` gathers every
+rank's outputs in dataset order before ``process``, so each rank evaluates exactly the single-process set.
 Every value is printed in Dassl's ``* name: value%`` form, so ``parse_test_res.py --keyword mAP``
 (or ``mAP_tail``, ``CF1``, ...) reads it; the first result (what ``SimpleTrainer.test`` returns for
 model selection) is ``mAP``.
@@ -40,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 SCORES = ("sigmoid", "softmax", "logit")
 # Threshold used when TEST.MULTILABEL.THRESHOLD < 0: 0.5 on probabilities, LMPT test.py's --thre 0.3 on
-# softmax scores (spec §4.3), 0 on logits (= sigmoid 0.5).
+# softmax scores, 0 on logits (= sigmoid 0.5).
 DEFAULT_THRESHOLDS = {"sigmoid": 0.5, "softmax": 0.3, "logit": 0.0}
 
 
@@ -48,10 +51,13 @@ DEFAULT_THRESHOLDS = {"sigmoid": 0.5, "softmax": 0.3, "logit": 0.0}
 def add_cfg_defaults(cfg) -> None:
     cfg.TEST.MULTILABEL = CN()
     # How logits become scores for ranking and thresholds: sigmoid (per class), softmax (over classes,
-    # the LMPT repository's choice, spec lmpt.md §4.3) or logit (raw; same AP as sigmoid)
+    # the LMPT repository's choice) or logit (raw; same AP as sigmoid)
     cfg.TEST.MULTILABEL.SCORE = "sigmoid"
     # Threshold for CP/CR/CF1/OP/OR/OF1 on those scores; < 0 = 0.5 (sigmoid), 0.3 (softmax), 0.0 (logit)
     cfg.TEST.MULTILABEL.THRESHOLD = -1.0
+    # > 0: for those metrics, predict the TOP_K best-scoring classes of each image instead of thresholding
+    # (LMPT's zero-shot script: 5); 0 = threshold
+    cfg.TEST.MULTILABEL.TOP_K = 0
 
 
 def logits_to_scores(logits: Tensor, score: str) -> Tensor:
@@ -98,9 +104,20 @@ def mean_ap(ap: Tensor, classes: Optional[Sequence[int]] = None) -> float:
     return float(ap.mean()) if ap.numel() else float("nan")
 
 
+def top_k_predictions(scores: Tensor, k: int) -> Tensor:
+    """Boolean ``(N, C)``: the ``k`` highest scores of each row (all classes when ``k >= C``)."""
+    k = min(k, scores.shape[1])
+    pred = torch.zeros_like(scores, dtype=torch.bool)
+    return pred.scatter_(1, scores.topk(k, dim=1).indices, True)
+
+
 def threshold_metrics(scores: Tensor, targets: Tensor, threshold: float) -> Dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (fractions) of ``scores > threshold`` against 0/1 ``targets`` (spec §4.3)."""
-    pred = scores > threshold  # (N, C)
+    """CP, CR, CF1, OP, OR, OF1 (fractions) of ``scores > threshold`` against 0/1 ``targets``."""
+    return prediction_metrics(scores > threshold, targets)
+
+
+def prediction_metrics(pred: Tensor, targets: Tensor) -> Dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 (fractions) of boolean predictions ``(N, C)`` against 0/1 ``targets``."""
     truth = targets > 0.5  # (N, C)
     tp = (pred & truth).sum(0).double()  # (C,)
     fp = (pred & ~truth).sum(0).double()
@@ -131,7 +148,10 @@ class MultiLabelClassification(EvaluatorBase):
         if node.SCORE not in SCORES:
             raise ValueError(f"TEST.MULTILABEL.SCORE={node.SCORE!r}; choose one of {', '.join(SCORES)}")
         self.score = node.SCORE
+        if node.TOP_K < 0:
+            raise ValueError(f"TEST.MULTILABEL.TOP_K={node.TOP_K}; use 0 (threshold) or a number of classes >= 1")
         self.threshold = node.THRESHOLD if node.THRESHOLD >= 0 else DEFAULT_THRESHOLDS[node.SCORE]
+        self.top_k = node.TOP_K
         self.alt_score = "softmax" if node.SCORE != "softmax" else "sigmoid"
         self._lab2cname = lab2cname
         self.groups: Dict[str, list] = {k: list(v) for k, v in (getattr(dataset, "groups", None) or {}).items()}
@@ -161,12 +181,14 @@ class MultiLabelClassification(EvaluatorBase):
                 results[f"mAP_{name}"] = 100.0 * value
         alt_ap = average_precision(logits_to_scores(logits, self.alt_score), labels)
         results[f"mAP_{self.alt_score}"] = 100.0 * mean_ap(alt_ap)
-        for key, value in threshold_metrics(scores, labels, self.threshold).items():
+        pred = top_k_predictions(scores, self.top_k) if self.top_k > 0 else scores > self.threshold
+        for key, value in prediction_metrics(pred, labels).items():
             results[key] = 100.0 * value
         n_valid = int((~torch.isnan(ap)).sum())
         lines = ["=> result", f"* total: {logits.shape[0]:,}",
                  f"* classes with positives: {n_valid}/{ap.numel()}",
-                 f"* scores: {self.score} (threshold {self.threshold:g})"]
+                 f"* scores: {self.score} ("
+                 + (f"top-{self.top_k} predictions" if self.top_k > 0 else f"threshold {self.threshold:g}") + ")"]
         lines += [f"* {key}: {value:.2f}%" for key, value in results.items()]
         logger.info("\n".join(lines))
         if self.cfg.TEST.PER_CLASS_RESULT:

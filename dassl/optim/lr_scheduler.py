@@ -1,6 +1,6 @@
-"""``build_lr_scheduler`` and warmup wrappers (dassl_engine.md §7.2–7.4).
+"""``build_lr_scheduler`` and warmup wrappers (Dassl's ``dassl/optim/lr_scheduler.py``).
 
-Fixed on purpose (§7.4): no ``verbose`` argument (current PyTorch rejects it), and the
+Fixed on purpose (README.md, "Fixed on purpose"): no ``verbose`` argument (current PyTorch rejects it), and the
 wrapper's ``state_dict`` stores the successor's *state dict* rather than the successor object,
 so checkpoints load with ``weights_only=True`` and a resumed run continues the same LR curve.
 """

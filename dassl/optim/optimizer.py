@@ -1,4 +1,4 @@
-"""``build_optimizer`` (dassl_engine.md §7.1)."""
+"""``build_optimizer`` (Dassl's ``dassl/optim/optimizer.py`` semantics)."""
 from __future__ import annotations
 
 import logging

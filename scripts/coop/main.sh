@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CoOp few-shot training, seeds 1-3 (CoOp's scripts/coop/main.sh; coop_family.md §8.1).
+# CoOp few-shot training, seeds 1-3 (CoOp's scripts/coop/main.sh at KaiyangZhou/CoOp@ff61507).
 #   bash scripts/coop/main.sh DATASET CFG CTP NCTX SHOTS CSC [KEY VALUE ...]
 #   e.g. bash scripts/coop/main.sh oxford_pets rn50_ep50 end 16 1 False
 # DATASET: a configs/datasets/ stem; CFG: a configs/trainers/CoOp/ stem; CTP: end|middle|front;
@@ -7,7 +7,7 @@
 # Env: DATA, OUTPUT, PYTHON (scripts/lib.sh), SEEDS (default "1 2 3").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-if [ $# -lt 6 ]; then sed -n '2,7p' "$0"; exit 1; fi
+if [ $# -lt 6 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER=CoOp
 DATASET=$1; CFG=$2; CTP=$3; NCTX=$4; SHOTS=$5; CSC=$6; shift 6
 require_file "configs/datasets/${DATASET}.yaml" "dataset config"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# DPT base-to-novel (shared/specs/dpt.md §2.4, §3.1): for each seed, train on the base half of the classes
+# DPT base-to-novel (the reference's protocol): for each seed, train on the base half of the classes
 # (16 shots; the final test on the base classes is the "base" accuracy), then evaluate the last checkpoint on
 # the novel classes ("new").  Finished runs are skipped, interrupted trainings resume from their checkpoint.
 #

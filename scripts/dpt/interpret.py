@@ -23,9 +23,9 @@ if REPO_ROOT not in sys.path:
 
 from dassl.utils.safe_pickle import torch_load_weights  # noqa: E402
 from vlprompt.parse_test_res import read_run_config  # noqa: E402
-from vlprompt.trainers.common.discrete_prompt import SELECT_MODES, default_oracle, select_tokens  # noqa: E402
+from vlprompt.trainers.dpt.discrete_prompt import SELECT_MODES, default_oracle, select_tokens  # noqa: E402
 from vlprompt.trainers.config import get_cfg  # noqa: E402
-from vlprompt.trainers.dpt import TEMPLATES, prompt_record, template_parts  # noqa: E402
+from vlprompt.trainers.dpt.model import TEMPLATES, prompt_record, template_parts  # noqa: E402
 
 logger = logging.getLogger("interpret")
 SCORES_KEY = "emb_toggler.scores"

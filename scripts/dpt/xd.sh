@@ -1,7 +1,7 @@
 #!/bin/bash
-# DPT cross-dataset transfer (shared/specs/dpt.md §2.4, §3.1, §3.5): for each seed, train on all ImageNet classes
+# DPT cross-dataset transfer (the reference's protocol): for each seed, train on all ImageNet classes
 # (16 shots), then evaluate the last checkpoint zero-shot on each target dataset (all classes).  Report the mean
-# over the 10 targets (the reference's notebook averaged 11 numbers, source included; spec §5.6).  Finished runs
+# over the 10 targets (the reference's notebook averaged 11 numbers, source included).  Finished runs
 # are skipped, interrupted trainings resume.
 #
 #   bash scripts/dpt/xd.sh DATA [CFG]

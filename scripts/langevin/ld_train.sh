@@ -1,9 +1,9 @@
 #!/bin/bash
 # LangevinCoOp phase 2: Langevin dynamics from a phase-1 prompt, the reference's script/LD_train.sh
-# (shared/specs/langevin_coop.md §4.2).  For each imbalance ratio and seed it starts from
-# <phase-1 run>/saved_prompts/prompt_epoch_<INIT_EPOCH>.pth (--init-from), samples a prompt per epoch after
-# burn-in into OUTPUT_DIR/sample_bank/ and reports the one-model and K-sample hard-vote accuracies.  Finished
-# runs are skipped, interrupted ones resume (bank included).
+# (Walter-pixel/COOP_Langevin_Public@7fe769c; docs/methods/langevin_coop.md).  For each imbalance ratio and seed
+# it starts from <phase-1 run>/saved_prompts/prompt_epoch_<INIT_EPOCH>.pth (--init-from), samples a prompt per
+# epoch after burn-in into OUTPUT_DIR/sample_bank/ and reports the one-model and K-sample hard-vote accuracies.
+# Finished runs are skipped, interrupted ones resume (bank included).
 #
 #   bash scripts/langevin/ld_train.sh DATA [DATASET] [CFG] [PHASE1_CFG]
 #     CFG         configs/trainers/LangevinCoOp/<CFG>.yaml (default rn50_ctx15_csc_ld_ep400_batch512)
@@ -39,7 +39,8 @@ fi
 
 for RATIO in ${RATIOS}; do
     for SEED in ${SEEDS}; do
-        INIT=${OUTPUT}/${DATASET}/LangevinCoOp/${PHASE1_CFG}/imb${RATIO}/seed${SEED}/saved_prompts/prompt_epoch_${INIT_EPOCH}.pth
+        PHASE1_DIR=${OUTPUT}/${DATASET}/LangevinCoOp/${PHASE1_CFG}/imb${RATIO}/seed${SEED}
+        INIT=${PHASE1_DIR}/saved_prompts/prompt_epoch_${INIT_EPOCH}.pth
         DIR=${OUTPUT}/${DATASET}/LangevinCoOp/${CFG}_${TAG}/imb${RATIO}/seed${SEED}
         if grep -qs "^Finish training" "${DIR}"/log.txt*; then
             echo "Skip ${DIR} (finished)"

@@ -1,8 +1,8 @@
 #!/bin/bash
 # LangevinCoOp phase 1: noise-free prompt pre-training on CIFAR-LT, the reference's script/no_noise_train.sh
-# (shared/specs/langevin_coop.md §4.1).  One run per imbalance ratio and seed; finished runs are skipped,
-# interrupted ones resume from their last checkpoint.  Each run saves saved_prompts/prompt_epoch_<e>.pth, the
-# starting points of phase 2 (scripts/langevin/ld_train.sh).
+# (Walter-pixel/COOP_Langevin_Public@7fe769c; docs/methods/langevin_coop.md).  One run per imbalance ratio and
+# seed; finished runs are skipped, interrupted ones resume from their last checkpoint.  Each run saves
+# saved_prompts/prompt_epoch_<e>.pth, the starting points of phase 2 (scripts/langevin/ld_train.sh).
 #
 #   bash scripts/langevin/no_noise_train.sh DATA [DATASET] [CFG]
 #     DATA     dataset root (holds cifar-10-python/ or cifar-100-python/)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # LMPT (or its zero-shot baseline) on a multi-label dataset, CoOp's main.sh layout: one run per seed, finished
-# runs skipped, interrupted ones resumed from their last checkpoint (shared/specs/lmpt.md §4).
+# runs skipped, interrupted ones resumed from their last checkpoint (docs/methods/lmpt.md).
 #
 #   bash scripts/lmpt/main.sh DATA DATASET CFG
 #     DATA     dataset root (holds coco/ and voc/, see DATASETS.md; any folder for synthetic_multilabel)
@@ -8,7 +8,9 @@
 #     CFG      configs/trainers/LMPT/<CFG>.yaml: rn50_ep50_batch64, vit_b16_ep50_batch64, tiny_vit_ep10,
 #              zs_rn50, zs_vit_b16 (the zs_* configs run TRAINER=ZeroshotCLIPMultiLabel by default)
 #   env: PROTOCOL  clean (default: best epoch on held-out training images, sigmoid scores) or paper (best epoch
-#                  on the test set, softmax scores: the LMPT repository's protocol, optimistic)
+#                  on the test set, softmax scores: the LMPT repository's protocol, optimistic; for the zs_*
+#                  configs also LMPT's zero-shot class text, first-word names, unlabelled images left out and
+#                  top-5 P/R/F1)
 #        TRAINER (LMPT, or ZeroshotCLIPMultiLabel for zs_* configs), SEEDS ("1 2 3"), OUTPUT (output),
 #        PYTHON (python), extra KEY VALUE config overrides in OPTS
 #   Output: ${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${PROTOCOL}/seed${SEED}; summarise with
@@ -36,6 +38,10 @@ case "${PROTOCOL}" in
         OPTS="${OPTS} TEST.MULTILABEL.SCORE softmax"
         if [ "${TRAINER}" = "LMPT" ]; then
             OPTS="${OPTS} TRAINER.LMPT.VAL_SOURCE dataset"
+        elif [ "${TRAINER}" = "ZeroshotCLIPMultiLabel" ]; then
+            OPTS="${OPTS} TRAINER.ZEROSHOTCLIPMULTILABEL.TEXT lmpt_concat76"
+            OPTS="${OPTS} TRAINER.ZEROSHOTCLIPMULTILABEL.FIRST_WORD_NAMES True"
+            OPTS="${OPTS} TRAINER.ZEROSHOTCLIPMULTILABEL.SKIP_UNLABELED True TEST.MULTILABEL.TOP_K 5"
         fi
         ;;
     *) echo "error: PROTOCOL=${PROTOCOL}; choose clean or paper" >&2; exit 1 ;;

@@ -1,8 +1,8 @@
 #!/bin/bash
-# Reproduce LMPT's COCO-LT / VOC-LT results (shared/specs/lmpt.md §5): zero-shot CLIP and LMPT for RN50 and
-# ViT-B/16 on both datasets, every seed, then one table of test mAP total / head / medium / tail (mean ± std
-# over seeds) next to the paper's totals.  The paper's head/medium/tail values could not be retrieved (spec §5):
-# they are shown as "n/a".
+# Reproduce LMPT's COCO-LT / VOC-LT results (Xia et al., arXiv:2305.04536; docs/methods/lmpt.md): zero-shot
+# CLIP and LMPT for RN50 and ViT-B/16 on both datasets, every seed, then one table of test mAP total / head /
+# medium / tail (mean ± std over seeds) next to the paper's totals (its head/medium/tail values are not
+# listed here: "n/a").
 #
 #   bash scripts/reproduce/lmpt.sh DATA
 #   env: PROTOCOL  paper (default: best epoch on the test set + softmax scores, how the paper's numbers were
@@ -42,7 +42,7 @@ import os.path as osp
 
 import numpy as np
 
-from parse_test_res import END_MARKERS_TRAIN, parse_run
+from vlprompt.parse_test_res import END_MARKERS_TRAIN, parse_run
 
 env = os.environ
 PAPER = {("coco_lt", "rn50"): 58.97, ("coco_lt", "vit_b16"): 66.19,  # LMPT totals, arXiv:2305.04536

@@ -1,10 +1,11 @@
 #!/bin/bash
-# Reproduce MLPT's noisy-label tables (shared/specs/mlpt.md §8) with the CoOp baseline in the same grid, made fair:
+# Reproduce MLPT's noisy-label tables (LZHMS/MLPT@8f9708e) with the CoOp baseline in the same grid, made fair:
 # both methods see the same per-class noisy few-shot set (DATASET.NUM_FP, datasets/label_noise.py) and the same
 # YAML (configs/trainers/MLPT/<CFG>.yaml holds only CoOp's hyper-parameters).  Six datasets x noise 0/2/4/8 of 16
 # shots x RN50 / ViT-B/32, every seed; then one table of test accuracy (mean ± std over seeds) per method and
 # noise level, with the reference's numbers beside it.  The reference's MLPT numbers were obtained under its
-# broken noise (only ~class 0 corrupted, spec §3.2); run LITERAL="0 1" to also train MLPT under that noise.
+# broken noise (only the first NUM_FP items, about one class, corrupted; docs/methods/mlpt.md); run LITERAL="0 1"
+# to also train MLPT under that noise.
 #
 #   bash scripts/reproduce/mlpt.sh DATA
 #   env: SEEDS ("1 2 3"), DATASETS ("dtd caltech101 fgvc_aircraft oxford_flowers oxford_pets ucf101"),
@@ -58,11 +59,12 @@ import os.path as osp
 
 import numpy as np
 
-from parse_test_res import END_MARKERS_TRAIN, parse_run
+from vlprompt.parse_test_res import END_MARKERS_TRAIN, parse_run
 
 env = os.environ
-# Spec §8.1 (MLPT, seed 1, under the reference's class-0-only noise) and §8.2 (CoOp CE, 3 seeds, per-class
-# noise), at F = 0 / 2 / 4 / 8 of 16 shots.
+# The reference's numbers at F = 0 / 2 / 4 / 8 of 16 shots: MLPT from its logs (seed 1, under its class-0-only
+# noise; output/*/RCoOp/*/GCEFalse_FactorBiLoss, which the output/*/MLPT logs match line for line), CoOp (CE) from
+# its output/*/CoOp/*/parse_results.txt (3 seeds, per-class noise).
 REFERENCE = {
     ("MLPT", "rn50_ep50"): {"dtd": (65.0, 62.4, 60.3, 56.9), "caltech101": (92.0, 91.8, 86.6, 90.1),
                             "fgvc_aircraft": (29.3, 29.7, 29.5, 28.2), "oxford_flowers": (94.4, 94.3, 90.3, 89.2),

@@ -2,8 +2,10 @@
 
 Written once for every method (CoOp's ``load_clip_to_cpu`` and precision handling, KaiyangZhou/CoOp). CoOp's
 ``load_clip_to_cpu(cfg)`` becomes ``load_clip_to_cpu(backbone_name)``: it takes what ``clip.load`` takes (an
-OpenAI name, ``tiny-vit``/``tiny-rn``, or a path) plus the names in ``PRETRAINED_TINY`` — tiny CLIPs that
-``clip/pretrain_tiny.py`` pre-trained on synthetic shapes, stored under ``pretrained_dir()``.
+OpenAI name, ``tiny-vit``/``tiny-rn``, ``open_clip:<model>:<pretrained tag or weights file>``, or a path) plus
+the names in ``PRETRAINED_TINY`` — tiny CLIPs that ``clip/pretrain_tiny.py`` pre-trained on synthetic shapes,
+stored under ``pretrained_dir()``.  ``check_input_size`` and ``check_pixel_stats`` compare ``INPUT.SIZE`` and
+``INPUT.PIXEL_MEAN``/``PIXEL_STD`` with what the backbone table says (docs/backbones.md).
 
 Precision (CoOp's ``TRAINER.<NAME>.PREC``):
 - ``fp16``: the reference recipe for the frozen towers — conv/linear/attention weights and projections in half
@@ -18,9 +20,10 @@ Precision (CoOp's ``TRAINER.<NAME>.PREC``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import os.path as osp
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -28,6 +31,7 @@ from torch import nn
 from dassl.config import register_cfg_defaults
 from vlprompt import clip
 from vlprompt.clip import Backbone, backbone_info, register_backbone
+from vlprompt.clip.backbones import OPEN_CLIP_PREFIX, is_open_clip_name
 from vlprompt.clip.model import CLIP, convert_weights
 
 logger = logging.getLogger(__name__)
@@ -72,17 +76,22 @@ def pretrained_tiny_path(name: str) -> str:
 
 
 def available_backbones() -> list[str]:
-    """Every name ``load_clip_to_cpu`` accepts besides a file path."""
+    """Every fixed name ``load_clip_to_cpu`` accepts besides a file path and ``open_clip:<model>:<pretrained>``."""
     return clip.available_models() + clip.tiny_models() + list(PRETRAINED_TINY)
 
 
 def resolve_backbone(name: str) -> str:
     """What ``clip.load`` should receive for ``MODEL.BACKBONE.NAME`` = ``name``; raises if it cannot exist.
 
-    OpenAI and tiny names pass through, a registered pre-trained tiny name becomes its file path, and any
-    other string must be an existing file.  Called from ``check_cfg``, i.e. before anything is loaded.
+    OpenAI and tiny names pass through, a registered pre-trained tiny name becomes its file path, an
+    ``open_clip:`` name passes through once open_clip's tables know its model and tag (or its weights file
+    exists) and its architecture is one our CLIP represents, and any other string must be an existing file.
+    Called from ``check_cfg``, i.e. before anything is loaded or downloaded.
     """
     if name in clip.available_models() or name in clip.tiny_models():
+        return name
+    if is_open_clip_name(name):
+        backbone_info(name)  # one-line ValueError / FileNotFoundError when it cannot work
         return name
     if name in PRETRAINED_TINY:
         path = pretrained_tiny_path(name)
@@ -93,8 +102,9 @@ def resolve_backbone(name: str) -> str:
         return path
     if osp.isfile(osp.expanduser(name)):
         return osp.expanduser(name)
-    raise BackboneNotFoundError(f"MODEL.BACKBONE.NAME={name!r} is neither a file nor one of "
-                                f"{available_backbones()}; fix --backbone or the config's MODEL.BACKBONE.NAME")
+    raise BackboneNotFoundError(f"MODEL.BACKBONE.NAME={name!r} is neither a file, {OPEN_CLIP_PREFIX}<model>:"
+                                f"<pretrained> nor one of {available_backbones()}; fix --backbone or the config's "
+                                "MODEL.BACKBONE.NAME")
 
 
 def check_input_size(backbone_name: str, input_size: tuple, resolution: Optional[int] = None) -> None:
@@ -104,6 +114,27 @@ def check_input_size(backbone_name: str, input_size: tuple, resolution: Optional
     if resolution is not None and tuple(input_size) != (resolution, resolution):
         raise ValueError(f"INPUT.SIZE={tuple(input_size)} but {backbone_name} takes {resolution}x{resolution} "
                          f"images; set INPUT.SIZE ({resolution}, {resolution}) in the trainer config")
+
+
+def check_pixel_stats(backbone_name: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
+    """Raise if ``INPUT.PIXEL_MEAN``/``PIXEL_STD`` differ from the statistics the backbone was trained with.
+
+    Checked for backbones whose table entry records them (``open_clip:`` names, from the pretrained tag);
+    OpenAI and tiny names are not checked, since some reference configs (LMPT's) normalise them otherwise.
+    """
+    info = backbone_info(backbone_name)
+    if info is None or not info.pixel_mean:
+        return
+    if not (_close(pixel_mean, info.pixel_mean) and _close(pixel_std, info.pixel_std)):
+        raise ValueError(f"INPUT.PIXEL_MEAN={list(pixel_mean)} / PIXEL_STD={list(pixel_std)} but {backbone_name} was "
+                         f"trained with mean {list(info.pixel_mean)} and std {list(info.pixel_std)}; set "
+                         f"INPUT.PIXEL_MEAN {list(info.pixel_mean)} and INPUT.PIXEL_STD {list(info.pixel_std)}")
+
+
+def _close(values: Sequence[float], expected: Sequence[float]) -> bool:
+    """Equal to the published constants up to the digits a YAML file carries."""
+    return len(values) == len(expected) and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+                                                for a, b in zip(values, expected))
 
 
 def load_clip_to_cpu(backbone_name: str, trust_local_archive: bool = False) -> CLIP:

@@ -2,10 +2,13 @@
 
 A grid of runs with a frozen image encoder re-encodes the same evaluation images in every run;
 the physical limit is one encoder pass per image per backbone. An entry is keyed by everything
-that changes the features — the encoder weights (SHA-256 of its state dict), the dataset, the
-split, the ordered image list and labels, and the transform's repr — so any change makes a new
-entry. Entries are written to a temp file and renamed, so concurrent runs (a grid, torchrun
-ranks) never read a partial file: the last rename wins and every reader sees one valid file.
+that changes the features — the backbone name (``MODEL.BACKBONE.NAME``), the encoder weights
+(SHA-256 of its state dict), the dataset, the split, the ordered image list and labels, and the
+transform's repr — so any change makes a new entry.  File names start with the dataset, the split
+and a short label of the backbone (``Caltech101-test-open_clip-ViT-B-16-laion2b_s34b_b88k-<hash>.pt``),
+so a cache folder shows what each entry holds. Entries are written to a temp file and renamed, so
+concurrent runs (a grid, torchrun ranks) never read a partial file: the last rename wins and every
+reader sees one valid file.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ import torch.nn as nn
 from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
+from dassl.utils import barrier, broadcast_object, is_main_process
 from dassl.utils.safe_pickle import torch_load_weights
+from vlprompt.clip.backbones import backbone_label
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the backbone name is part of the key
 
 
 @register_cfg_defaults
@@ -69,12 +74,16 @@ class FeatureCache:
         self.misses = 0
 
     @staticmethod
-    def make_key(encoder_digest: str, dataset: str, split: str, image_digest: str, transform: str) -> str:
+    def make_key(encoder_digest: str, dataset: str, split: str, image_digest: str, transform: str,
+                 backbone: str = "") -> str:
+        """``<dataset>-<split>[-<backbone label>]-<hash>``: the hash covers every part, the full backbone
+        name included (the label is only a readable, possibly shortened, file-name form of it)."""
         h = hashlib.sha256()
-        for part in (f"v{CACHE_FORMAT_VERSION}", encoder_digest, dataset, split, image_digest, transform):
+        for part in (f"v{CACHE_FORMAT_VERSION}", backbone, encoder_digest, dataset, split, image_digest, transform):
             h.update(part.encode())
             h.update(b"\0")
-        return f"{dataset}-{split}-{h.hexdigest()[:32]}"
+        label = f"-{backbone_label(backbone)}" if backbone else ""
+        return f"{dataset}-{split}{label}-{h.hexdigest()[:32]}"
 
     def path(self, key: str) -> str:
         return osp.join(self.root, f"{key}.pt")
@@ -105,15 +114,22 @@ class FeatureCache:
 
     def get_or_compute(self, key: str, compute: Callable[[], Tuple[torch.Tensor, torch.Tensor]]
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(features, labels) from the cache, or from ``compute()`` (then stored)."""
-        entry = self.load(key)
+        """(features, labels) from the cache, or from ``compute()`` (then stored).
+
+        Under torchrun every rank calls this with the same key: rank 0 decides hit or miss for all of them
+        (so no rank reads a half-seen entry), ``compute`` runs on every rank (each encodes its shard and
+        gathers the rest) and only rank 0 writes the entry, while the others wait for it.
+        """
+        hit = broadcast_object(self.load(key) is not None if is_main_process() else None)
+        entry = self.load(key) if hit else None
         if entry is not None:
             self.hits += 1
             logger.info(f"Feature cache hit: {self.path(key)}")
             return entry["features"], entry["labels"]
         self.misses += 1
         features, labels = compute()
-        if self.enabled:
+        if self.enabled and is_main_process():
             logger.info(f"Feature cache miss: encoded {len(features)} images, saved to {self.path(key)}")
             self.save(key, {"features": features.cpu(), "labels": labels.cpu()})
+        barrier()
         return features, labels

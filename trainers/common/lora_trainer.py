@@ -1,24 +1,14 @@
-"""``LoRATrainer``: LoRA fine-tuning of both CLIP towers, shared by CLIP-LoRA and DISEF (STYLE.md §3).
+"""``LoRATrainer``: LoRA fine-tuning of both CLIP towers, the base of CLIP-LoRA and DISEF.
 
-CLIP-LoRA (Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models", arXiv:2405.18541) and
-DISEF (da Costa et al., "Diversified in-domain synthesis with efficient fine-tuning for few-shot
-classification", arXiv:2312.03046) train the same model: CLIP with LoRA in the attention of the chosen blocks
-(``clip/lora.py``), class prompts from one template re-encoded by the adapted text tower at every step, logits
-``scale * cos(image, text)``.  Spec: ``shared/specs/clip_lora_disef.md`` §1.4-§1.6, §2.4, §3.2, §6.
-
-What this base adds to ``ClipPromptTrainer``:
-- the model (``LoRACLIP``) and its config keys (``lora_cfg_node``), only the LoRA A/B tensors registered,
-  optimised and checkpointed (model name ``lora``); ``lora_weights.pt`` in CLIP-LoRA's format (§1.6) at the end;
-- CLIP-LoRA's training length: ``ITERS_PER_SHOT x DATASET.NUM_SHOTS`` iterations, i.e. ``ceil(iters / batches
-  per epoch)`` epochs whose last one stops at the budget (``IterationBudgetLoader``), and a cosine schedule from
-  ``OPTIM.LR`` to ``ETA_MIN`` stepped every iteration (``LR_STEP iter``); or Dassl's per-epoch schedule;
-- early stopping on the validation accuracy (``PATIENCE``, needs ``TEST.FINAL_MODEL best_val``), the best
-  weights restored from the LoRA-only ``model-best`` checkpoint.
-
-Fixed on purpose (seed notebook bugs, §3.7): the best model is a saved copy of A/B, not live references
-(§3.7.1; the literal behaviour, deploying the last epoch, is ``TEST.FINAL_MODEL last_step``); no state dict ever
-holds merged weights (§3.7.2, ``clip/lora.py``); training stops after exactly ``PATIENCE`` epochs without
-improvement (§3.7.8; ``PATIENCE_LITERAL True`` waits one epoch more, as the notebook).
+CLIP-LoRA (Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models", arXiv:2405.18541;
+reference MaxZanella/CLIP-LoRA@358f0d7) and DISEF (Turrisi da Costa et al., "Diversified in-domain synthesis with
+efficient fine-tuning for few-shot classification", arXiv:2312.03046; reference vturrisi/disef@501ec4b) train the
+same model: CLIP with LoRA in the attention of the chosen blocks (``clip/lora.py``), class prompts re-encoded by
+the adapted text tower at every step (one template, or the mean of several), logits ``scale * cos(image, text)``.
+This base holds that model and its config keys (``lora_cfg_node``), registers and checkpoints only the A/B
+tensors, counts CLIP-LoRA's iteration budget with a per-iteration cosine (or Dassl's per-epoch schedules), builds
+the transforms the recipes need, stops early on the validation accuracy and writes ``lora_weights.pt`` in
+CLIP-LoRA's format.  The deliberate differences from the references are listed in docs/methods/clip_lora.md.
 """
 from __future__ import annotations
 
@@ -31,27 +21,34 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, RandAugment, Resize, ToTensor
 from yacs.config import CfgNode as CN
 
-from vlprompt import clip
-from vlprompt.clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, save_lora
+from dassl.data.transforms import INTERPOLATION_MODES, build_transform
 from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import broadcast_object, is_main_process
+from vlprompt import clip
+from vlprompt.clip.clip import OPENAI_MEAN, OPENAI_STD
+from vlprompt.clip.lora import ENCODERS, POSITIONS, PROJECTIONS, SCALINGS, LoRAWeights, apply_lora, lora_specs, \
+    save_lora
 
 from .custom_clip import CustomCLIP, l2_normalize
 from .prompt_trainer import ClipPromptTrainer
+from .templates import dataset_template, dataset_templates
 from .text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
 
-LORA_PRECISIONS = ("fp32", "amp")  # fp16 is refused: AdamW on half-precision A/B underflows (spec §5)
+LORA_PRECISIONS = ("fp32", "amp")  # fp16 is refused: AdamW on half-precision A/B underflows
 LR_STEPS = ("iter", "epoch")
 EARLY_STOP_FILE = "early_stopping.json"  # in OUTPUT_DIR: lets a resumed run keep the patience counter
-LORA_FILE = "lora_weights.pt"  # CLIP-LoRA's default file name (spec §1.6)
+LORA_FILE = "lora_weights.pt"  # CLIP-LoRA's default file name
 
 
 def lora_cfg_node(**overrides: Any) -> CN:
-    """The LoRA trainer keys with CLIP-LoRA's defaults (§1.7, §6); ``overrides`` set a method's own defaults."""
+    """The LoRA trainer keys with CLIP-LoRA's defaults; ``overrides`` set a method's own defaults."""
     node = CN()
     # fp32 or amp (CLIP-LoRA: fp16 autocast + GradScaler); amp falls back to fp32 on a CPU
     node.PREC = "amp"
@@ -70,6 +67,9 @@ def lora_cfg_node(**overrides: Any) -> CN:
     node.SCALING = "sqrt"
     # Dropout on the LoRA branch input (training only)
     node.DROPOUT = 0.25
+    # True: one dropout mask on the attention input, shared by the adapted q/k/v projections (loralib's
+    # MergedLinear: DISEF and the seed notebook); False: each projection draws its own mask (CLIP-LoRA)
+    node.SHARED_DROPOUT = False
     # > 0: train ITERS_PER_SHOT x DATASET.NUM_SHOTS iterations (CLIP-LoRA: 500); 0: OPTIM.MAX_EPOCH epochs
     node.ITERS_PER_SHOT = 500
     # iter: cosine from OPTIM.LR to ETA_MIN over all iterations, stepped every iteration (CLIP-LoRA, DISEF);
@@ -78,13 +78,27 @@ def lora_cfg_node(**overrides: Any) -> CN:
     node.ETA_MIN = 1e-6
     # > 0: fixed logit scale (CLIP-LoRA: 100); <= 0: exp(CLIP's logit_scale)
     node.LOGIT_SCALE = 100.0
-    # Class prompt, "{}" = class name; "" = the dataset's template (trainers/zsclip.py CUSTOM_TEMPLATES)
+    # Class prompt, "{}" = class name; "" = the dataset's template (its TEMPLATE attribute)
     node.TEMPLATE = "a photo of a {}."
+    # With TEMPLATE "": True uses the dataset's TEMPLATES list (ImageNet 7, SUN397 2, StanfordCars 8, CIFAR-100 18;
+    # others their one TEMPLATE) and a class's text feature is the mean of its L2-normalised per-template features,
+    # renormalised (DISEF); False: the dataset's single TEMPLATE
+    node.AVERAGE_TEMPLATES = False
     # Cross-entropy label smoothing (DISEF: 0.1)
     node.LABEL_SMOOTHING = 0.0
+    # True: training and test images both go through CLIP's own preprocessing (shorter side to INPUT.SIZE,
+    # bicubic, centre crop, CLIP's mean/std; no augmentation), as the seed notebook; INPUT.TRANSFORMS is ignored
+    node.CLIP_PREPROCESS = False
+    # > 0: test images are resized (shorter side) to TEST_RESIZE, then centre-cropped to INPUT.SIZE (DISEF: 256);
+    # 0: Dassl's test transform (shorter side to INPUT.SIZE)
+    node.TEST_RESIZE = 0
+    # > 0: torchvision RandAugment with this many ops before Dassl's training transform (DISEF's augment=True:
+    # 2 ops of magnitude 9), on real and synthetic images; 0: off
+    node.RANDAUGMENT_OPS = 0
+    node.RANDAUGMENT_MAGNITUDE = 9
     # > 0: stop after PATIENCE epochs without a better val accuracy (needs TEST.FINAL_MODEL best_val); 0: off
     node.PATIENCE = 0
-    # True: stop only after PATIENCE + 1 such epochs, as the seed notebook (spec §3.7.8)
+    # True: stop only after PATIENCE + 1 such epochs, as the seed notebook does
     node.PATIENCE_LITERAL = False
     for key, value in overrides.items():
         if key not in node:
@@ -93,11 +107,28 @@ def lora_cfg_node(**overrides: Any) -> CN:
     return node
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def clip_preprocess(size: int) -> Compose:
+    """CLIP's own evaluation transform: shorter side to ``size`` (bicubic), centre crop, CLIP's mean/std."""
+    return Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size), to_rgb, ToTensor(),
+                    Normalize(OPENAI_MEAN, OPENAI_STD)])
+
+
+def resize_crop_transform(resize: int, crop: Sequence[int], interpolation: str, mean: Sequence[float],
+                          std: Sequence[float]) -> Compose:
+    """Shorter side to ``resize``, centre crop to ``crop``, normalise (DISEF's test transform: 256 -> 224)."""
+    return Compose([Resize(resize, interpolation=INTERPOLATION_MODES[interpolation]), CenterCrop(tuple(crop)),
+                    ToTensor(), Normalize(mean, std)])
+
+
 class IterationBudgetLoader:
     """The train loader cut so that all epochs together yield ``total`` batches.
 
     Epoch ``e`` (read from ``epoch_fn``, so a resumed run agrees) yields ``min(n, total - e * n)`` of the ``n``
-    batches.
+    batches.  Under torchrun ``n`` counts global batches, so every rank runs the same number of steps.
     """
 
     def __init__(self, loader, total: int, epoch_fn) -> None:
@@ -121,12 +152,13 @@ class LoRACLIP(CustomCLIP):
     """``images (B, 3, R, R) -> logits (B, n_cls)`` of a CLIP whose attention carries LoRA.
 
     ``lora`` holds the A/B tensors (the only trainable ones, registered first); the towers are CLIP's own
-    modules with ``LoRAMultiheadAttention`` inside.
+    modules with ``LoRAMultiheadAttention`` inside.  ``tokenized_prompts`` holds ``n_templates`` prompts per class,
+    class-major; several templates are averaged after normalisation.
     """
 
     per_image_text = False
 
-    def __init__(self, lora: LoRAWeights, clip_model: nn.Module, tokenized_prompts: Tensor,
+    def __init__(self, lora: LoRAWeights, clip_model: nn.Module, tokenized_prompts: Tensor, n_templates: int = 1,
                  truncate_at_eot: bool = True, logit_scale: float = 100.0) -> None:
         super().__init__(clip_model)
         self.lora = lora
@@ -135,7 +167,8 @@ class LoRACLIP(CustomCLIP):
         self.text_encoder = TextEncoder(clip_model, truncate_at_eot=truncate_at_eot)
         self.token_embedding = clip_model.token_embedding
         self.fixed_logit_scale = logit_scale
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)  # (n_cls, 77)
+        self.n_templates = n_templates
+        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)  # (n_cls * T, 77)
 
     def scale(self) -> Tensor:
         """The fixed scale (> 0) or ``exp(logit_scale)`` of CLIP."""
@@ -145,8 +178,12 @@ class LoRACLIP(CustomCLIP):
 
     def encode_text(self) -> Tensor:
         """L2-normalised class text features ``(n_cls, E)`` through the (adapted) text tower."""
-        embeddings = self.token_embedding(self.tokenized_prompts).to(self.dtype)  # (n_cls, 77, D)
-        return l2_normalize(self.text_encoder(embeddings, self.tokenized_prompts))
+        embeddings = self.token_embedding(self.tokenized_prompts).to(self.dtype)  # (n_cls * T, 77, D)
+        features = l2_normalize(self.text_encoder(embeddings, self.tokenized_prompts))  # (n_cls * T, E)
+        if self.n_templates == 1:
+            return features
+        per_template = features.view(-1, self.n_templates, features.shape[-1])  # (n_cls, T, E)
+        return l2_normalize(per_template.mean(dim=1))  # (n_cls, E)
 
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         return self.scale() * image_features @ text_features.t().to(image_features.dtype)  # (B, n_cls)
@@ -200,23 +237,69 @@ class LoRATrainer(ClipPromptTrainer):
             raise ValueError(f"{name}.TEMPLATE={node.TEMPLATE!r} must contain one '{{}}' for the class name")
         if not 0 <= node.LABEL_SMOOTHING < 1:
             raise ValueError(f"{name}.LABEL_SMOOTHING={node.LABEL_SMOOTHING}; it must be in [0, 1)")
+        self.check_transform_cfg(cfg, node, name)
         if node.PATIENCE < 0 or (node.PATIENCE > 0 and cfg.TEST.FINAL_MODEL != "best_val"):
             raise ValueError(f"{name}.PATIENCE={node.PATIENCE} needs TEST.FINAL_MODEL best_val (validation after "
                              "every epoch) and must be >= 0; set PATIENCE 0 to train without early stopping")
         super().check_cfg(cfg)
 
-    def template(self) -> str:
-        from ..zsclip import dataset_template  # the per-dataset template table (a data table, not a method)
+    @staticmethod
+    def check_transform_cfg(cfg, node, name: str) -> None:
+        if node.TEST_RESIZE < 0 or node.RANDAUGMENT_OPS < 0:
+            raise ValueError(f"{name}.TEST_RESIZE={node.TEST_RESIZE} / RANDAUGMENT_OPS={node.RANDAUGMENT_OPS}; "
+                             "use 0 (off) or a positive value")
+        if node.TEST_RESIZE and node.TEST_RESIZE < max(cfg.INPUT.SIZE):
+            raise ValueError(f"{name}.TEST_RESIZE={node.TEST_RESIZE} is smaller than INPUT.SIZE {cfg.INPUT.SIZE}; "
+                             "the centre crop needs TEST_RESIZE >= INPUT.SIZE (DISEF: 256 for 224)")
+        if node.CLIP_PREPROCESS and (node.TEST_RESIZE or node.RANDAUGMENT_OPS):
+            raise ValueError(f"{name}.CLIP_PREPROCESS True replaces both transforms; set {name}.TEST_RESIZE 0 and "
+                             f"{name}.RANDAUGMENT_OPS 0 with it")
+        if node.CLIP_PREPROCESS and cfg.INPUT.SIZE[0] != cfg.INPUT.SIZE[1]:
+            raise ValueError(f"{name}.CLIP_PREPROCESS needs a square INPUT.SIZE (got {cfg.INPUT.SIZE})")
+        if node.RANDAUGMENT_OPS and cfg.INPUT.NO_TRANSFORM:
+            raise ValueError(f"{name}.RANDAUGMENT_OPS needs Dassl's training transform; unset INPUT.NO_TRANSFORM")
 
-        return self.method_cfg().TEMPLATE or dataset_template(self.cfg.DATASET.NAME)
+    def templates(self) -> list[str]:
+        """The class prompts' templates: ``TEMPLATE``, or the dataset's (its list with ``AVERAGE_TEMPLATES``)."""
+        node = self.method_cfg()
+        if node.TEMPLATE:
+            return [node.TEMPLATE]
+        if node.AVERAGE_TEMPLATES:
+            return list(dataset_templates(self.cfg.DATASET.NAME))
+        return [dataset_template(self.cfg.DATASET.NAME)]
 
     # ------------------------------------------------------------------ data and training length
+    def build_train_transform(self):
+        """CLIP's preprocessing (``CLIP_PREPROCESS``), or RandAugment before Dassl's (``RANDAUGMENT_OPS``)."""
+        node = self.method_cfg()
+        if node.CLIP_PREPROCESS:
+            logger.info(f"Training transform: CLIP's preprocessing at {self.cfg.INPUT.SIZE[0]} px (no augmentation)")
+            return clip_preprocess(self.cfg.INPUT.SIZE[0])
+        if node.RANDAUGMENT_OPS > 0:
+            logger.info(f"Training transform: RandAugment({node.RANDAUGMENT_OPS}, {node.RANDAUGMENT_MAGNITUDE}), then "
+                        f"INPUT.TRANSFORMS")
+            dassl = build_transform(self.cfg, is_train=True)
+            return Compose([RandAugment(node.RANDAUGMENT_OPS, node.RANDAUGMENT_MAGNITUDE), *dassl.transforms])
+        return None
+
+    def build_test_transform(self):
+        """CLIP's preprocessing (``CLIP_PREPROCESS``), or resize to ``TEST_RESIZE`` + centre crop; None = Dassl's."""
+        node, cfg = self.method_cfg(), self.cfg
+        if node.CLIP_PREPROCESS:
+            logger.info(f"Test transform: CLIP's preprocessing at {cfg.INPUT.SIZE[0]} px")
+            return clip_preprocess(cfg.INPUT.SIZE[0])
+        if node.TEST_RESIZE > 0:
+            logger.info(f"Test transform: resize to {node.TEST_RESIZE}, centre crop {tuple(cfg.INPUT.SIZE)}")
+            return resize_crop_transform(node.TEST_RESIZE, cfg.INPUT.SIZE, cfg.INPUT.INTERPOLATION,
+                                         cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+        return None
+
     def build_data_manager(self):
         """Dassl's data, with the training batches cut to the iteration budget (``IterationBudgetLoader``)."""
         dm = super().build_data_manager()
         loader = self.build_train_loader(dm)
         node = self.method_cfg()
-        per_epoch = len(loader)
+        per_epoch = len(loader)  # global batches: the same on every rank under torchrun
         if node.ITERS_PER_SHOT > 0:
             self.total_iters = node.ITERS_PER_SHOT * self.cfg.DATASET.NUM_SHOTS
             self.max_epoch = math.ceil(self.total_iters / per_epoch)
@@ -234,17 +317,18 @@ class LoRATrainer(ClipPromptTrainer):
     def lora_specs(self):
         node = self.method_cfg()
         return lora_specs(node.ENCODER, node.R, node.ALPHA, node.DROPOUT, node.PARAMS, node.POSITION, node.SCALING,
-                          text_r=node.TEXT_R, vision_r=node.VISION_R)
+                          text_r=node.TEXT_R, vision_r=node.VISION_R, shared_dropout=node.SHARED_DROPOUT)
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
         node = self.method_cfg()
-        template = self.template()
-        prompts = [template.format(name.replace("_", " ")) for name in classnames]
-        logger.info(f"Prompts ({len(prompts)}): {prompts[:5]}{' ...' if len(prompts) > 5 else ''}")
+        templates = self.templates()
+        prompts = [template.format(name.replace("_", " ")) for name in classnames for template in templates]
+        logger.info(f"Prompts ({len(classnames)} classes x {len(templates)} templates): "
+                    f"{prompts[:5]}{' ...' if len(prompts) > 5 else ''}")
         self.adapt_text = node.ENCODER in ("text", "both")
         self.adapt_vision = node.ENCODER in ("vision", "both")
         lora = apply_lora(clip_model, self.lora_specs())
-        return LoRACLIP(lora, clip_model, clip.tokenize(prompts).long(),
+        return LoRACLIP(lora, clip_model, clip.tokenize(prompts).long(), n_templates=len(templates),
                         truncate_at_eot=self.cfg.MODEL.TEXT_ENCODER_TRUNCATE, logit_scale=node.LOGIT_SCALE)
 
     def freeze_all_but_learnable(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -299,23 +383,32 @@ class LoRATrainer(ClipPromptTrainer):
             return self.model.logits(self.model.encode_image(image), self._eval_text).float()
 
     # ------------------------------------------------------------------ early stopping
-    def _early_stop_path(self, directory: Optional[str] = None) -> str:
+    def early_stop_path(self, directory: Optional[str] = None) -> str:
         return osp.join(directory or self.output_dir, EARLY_STOP_FILE)
+
+    def read_early_stop_state(self) -> Optional[dict]:
+        """The patience state saved by the epoch before ``start_epoch`` (rank 0 reads, every rank gets it)."""
+        state = None
+        path = self.early_stop_path(self.cfg.RESUME or self.output_dir)
+        if is_main_process() and self.method_cfg().PATIENCE > 0 and self.start_epoch > 0 and osp.isfile(path):
+            with open(path) as f:
+                state = json.load(f)
+        return broadcast_object(state)
 
     def before_train(self) -> None:
         super().before_train()  # resumes from the last checkpoint, if any
         self._bad_epochs = 0
-        path = self._early_stop_path(self.cfg.RESUME or self.output_dir)
-        if self.method_cfg().PATIENCE > 0 and self.start_epoch > 0 and osp.isfile(path):
-            with open(path) as f:
-                state = json.load(f)
-            if state["epoch"] + 1 == self.start_epoch:
-                self.best_result, self._bad_epochs = state["best_result"], state["bad_epochs"]
-                if state["stopped"]:
-                    self.request_stop(f"early stopping already happened at epoch {state['epoch'] + 1}; not training")
+        state = self.read_early_stop_state()
+        if state is not None and state["epoch"] + 1 == self.start_epoch:
+            self.best_result, self._bad_epochs = state["best_result"], state["bad_epochs"]
+            if state["stopped"]:
+                self.request_stop(f"early stopping already happened at epoch {state['epoch'] + 1}; not training")
 
     def after_validation(self, result: float) -> None:
-        """Keep the best model, then count epochs without improvement (early stopping, ``PATIENCE``)."""
+        """Keep the best model, then count epochs without improvement (early stopping, ``PATIENCE``).
+
+        ``result`` is gathered over all ranks under torchrun, so every rank takes the same decision.
+        """
         best_before = self.best_result
         super().after_validation(result)
         node = self.method_cfg()
@@ -325,18 +418,21 @@ class LoRATrainer(ClipPromptTrainer):
         limit = node.PATIENCE + 1 if node.PATIENCE_LITERAL else node.PATIENCE
         last_epoch = self.epoch + 1 == self.max_epoch
         stop = self._bad_epochs >= limit and not last_epoch
-        state = {"epoch": self.epoch, "best_result": float(self.best_result), "bad_epochs": self._bad_epochs,
-                 "stopped": stop}
-        tmp = self._early_stop_path() + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self._early_stop_path())
+        if is_main_process():
+            state = {"epoch": self.epoch, "best_result": float(self.best_result), "bad_epochs": self._bad_epochs,
+                     "stopped": stop}
+            tmp = self.early_stop_path() + f".tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, self.early_stop_path())
         if stop:  # the engine still writes this epoch's checkpoint, so a re-run resumes here and finds "stopped"
             self.request_stop(f"no better val accuracy for {self._bad_epochs} epochs after epoch {self.epoch + 1} "
                               f"(best {self.best_result:.2f})")
 
     def after_train(self) -> None:
         super().after_train()  # deploys model-best (TEST.FINAL_MODEL best_val) and tests
+        if not is_main_process():
+            return
         path = osp.join(self.output_dir, LORA_FILE)
         save_lora(path, self.model.lora, {"backbone": self.cfg.MODEL.BACKBONE.NAME, "trainer": type(self).__name__})
         logger.info(f"LoRA weights saved to {path}")

@@ -1,8 +1,9 @@
 """Learnable context vectors around frozen class-name tokens: the prompt of CoOp and its descendants.
 
-Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv:2109.01134
-(``shared/specs/coop_family.md`` §4.3).  A prompt is ``[SOT] ctx_1 ... ctx_M name . [EOT] pad`` where the
-context vectors ``ctx`` are learned and everything else is CLIP's frozen token embeddings.
+Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv:2109.01134 (reference:
+KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``, ``PromptLearner``).  A prompt is
+``[SOT] ctx_1 ... ctx_M name . [EOT] pad`` where the context vectors ``ctx`` are learned and everything else is
+CLIP's frozen token embeddings.
 
 ``PromptLearnerBase`` holds, written once:
 - context init from words (``ctx_init``) or from N(0, ``init_std``^2), generic ``(M, D)`` or class-specific
@@ -10,7 +11,7 @@ context vectors ``ctx`` are learned and everything else is CLIP's frozen token e
 - the token buffers ``token_prefix`` (SOT) and ``token_suffix`` (name, ".", EOT, padding) embedded from the
   template ``"X X ... X name."``, plus ``tokenized_prompts`` (for the EOT position).  They are rebuilt from the
   class names of the current dataset every time the learner is built, so they are *non-persistent*: they
-  never enter a checkpoint, and a model trained on base classes is evaluated on new ones (spec §4.6);
+  never enter a checkpoint, and a model trained on base classes is evaluated on new ones;
 - the class-token layouts ``end`` / ``middle`` / ``front``, as one vectorised gather instead of CoOp's
   per-class Python loop (same values).
 Subclasses (CoCoOp, ...) override ``forward`` and call ``construct_prompts`` with their own context.

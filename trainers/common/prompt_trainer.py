@@ -4,8 +4,8 @@ CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", arXiv:2109.0
 ("Conditional Prompt Learning for Vision-Language Models", arXiv:2203.05557) repeat the same trainer code
 (loading CLIP, precision, freezing, the AMP step, checkpoint filtering); here it is one base class:
 
-- ``check_cfg``: ``TRAINER.<NODE>.PREC`` in fp16/fp32/amp, a loadable ``MODEL.BACKBONE.NAME`` and a matching
-  ``INPUT.SIZE`` — before CLIP loads.
+- ``check_cfg``: ``TRAINER.<NODE>.PREC`` in fp16/fp32/amp, a loadable ``MODEL.BACKBONE.NAME``, a matching
+  ``INPUT.SIZE`` and, for open_clip backbones, matching ``INPUT.PIXEL_MEAN``/``PIXEL_STD`` — before CLIP loads.
 - ``build_model``: load CLIP on the CPU, apply the precision (fp16 -> fp32 with a warning on a CPU), call the
   subclass's ``build_custom_clip(clip_model, classnames)``, freeze every parameter outside the submodules named
   in ``LEARNABLE``, keep their parameters in fp32 (master weights, also under fp16), optionally load
@@ -52,34 +52,19 @@ from torch import Tensor, nn
 
 from dassl.config import register_cfg_defaults
 from dassl.engine import TrainerX
+from dassl.engine.checkpoints import CheckpointMismatchError, check_state_dict_fits  # noqa: F401
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import is_distributed, is_main_process, load_checkpoint, load_pretrained_weights, progress
+from dassl.utils import (all_gather_object, is_distributed, is_main_process, load_checkpoint, load_pretrained_weights,
+                         progress)
 
-from .clip_loading import PRECISIONS, cast_clip, cast_learnable, check_input_size, load_clip_to_cpu, \
-    resolve_backbone, resolve_precision
+from .clip_loading import PRECISIONS, cast_clip, cast_learnable, check_input_size, check_pixel_stats, \
+    load_clip_to_cpu, resolve_backbone, resolve_precision
 from .custom_clip import CustomCLIP
 from .feature_cache import FeatureCache, items_digest, module_digest
 from .text_encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not fit the module it is loaded into."""
-
-
-def check_state_dict_fits(module: nn.Module, state_dict: Mapping[str, Tensor], where: str) -> None:
-    """Raise one line naming missing, unexpected and mis-shaped keys (what strict loading would reject)."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state_dict)) if state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            f"{where} does not fit the model: missing {missing}, unexpected {unexpected}, shape mismatch {shapes} "
-            "(class-specific contexts only load for the same number of classes; check --model-dir and the config)")
 
 
 @register_cfg_defaults
@@ -148,6 +133,7 @@ class ClipPromptTrainer(TrainerX):
                              "(e.g. --backbone ViT-B/16 or a configs/trainers/ YAML)")
         resolve_backbone(cfg.MODEL.BACKBONE.NAME)
         check_input_size(cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE)
+        check_pixel_stats(cfg.MODEL.BACKBONE.NAME, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
 
     # ------------------------------------------------------------------ model
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> nn.Module:
@@ -281,12 +267,6 @@ class ClipPromptTrainer(TrainerX):
         """Whether ``test`` evaluates from (cached) image features: opted in, enabled, single process, frozen."""
         if not self.EVAL_FROM_IMAGE_FEATURES or not self.cfg.TEST.FEATURE_CACHE.ENABLED:
             return False
-        if is_distributed():
-            # Each rank evaluates its own block of the split; the cache would need a cross-rank protocol.
-            if not getattr(self, "_logged_no_cache_dist", False):
-                logger.info("Feature cache is disabled under distributed runs; evaluating image by image")
-                self._logged_no_cache_dist = True
-            return False
         if not isinstance(self.model, CustomCLIP):
             raise TypeError(f"{type(self).__name__}.EVAL_FROM_IMAGE_FEATURES is set but {type(self.model).__name__} "
                             "is not a CustomCLIP (trainers/common/custom_clip.py); derive from it or unset the flag")
@@ -296,20 +276,29 @@ class ClipPromptTrainer(TrainerX):
         return True
 
     def image_feature_key(self, split: str, data_source: Sequence) -> str:
-        """Cache key: image-encoder weights, dataset, split, ordered (impath, label) list and test transform."""
+        """Cache key: backbone name, image-encoder weights, dataset, split, ordered (impath, label) list and test
+        transform."""
         image_digest = items_digest([item.impath for item in data_source], [item.label for item in data_source])
         return FeatureCache.make_key(module_digest(self.model.image_encoder), self.cfg.DATASET.NAME, split,
-                                     image_digest, repr(self.dm.tfm_test))
+                                     image_digest, repr(self.dm.tfm_test), backbone=self.cfg.MODEL.BACKBONE.NAME)
 
     @torch.no_grad()
     def encode_split(self, split: str, data_loader) -> tuple[Tensor, Tensor]:
-        """Normalised image features ``(N, E)`` and labels of a whole split, in loader order, on the CPU."""
+        """Normalised image features ``(N, E)`` and labels of a whole split, in dataset order, on the CPU.
+
+        Under torchrun each rank encodes its contiguous block of the split and the blocks are gathered in
+        rank order, so every rank returns the whole split.
+        """
         features, labels = [], []
         for batch in progress(data_loader, f"encode {split}", enabled=is_main_process()):
             image, label = self.parse_batch_test(batch)
             features.append(self.model.encode_image(image).cpu())
             labels.append(label.cpu())
-        return torch.cat(features), torch.cat(labels)
+        local = (torch.cat(features) if features else None, torch.cat(labels) if labels else None)
+        if not is_distributed():
+            return local
+        blocks = [block for block in all_gather_object(local) if block[0] is not None]
+        return torch.cat([f for f, _ in blocks]), torch.cat([y for _, y in blocks])
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:

@@ -1,4 +1,4 @@
-"""``build_transform`` with Dassl's transform names and fixed order (dassl_engine.md §4.4)."""
+"""``build_transform`` with Dassl's transform names and fixed order (as Dassl's ``dassl/data/transforms/transforms.py``)."""
 from __future__ import annotations
 
 import logging

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Cross-dataset / domain-generalisation target: evaluate the xd_train.sh model on another dataset
+# (muzairkhattak/multimodal-prompt-learning@69bce21 scripts/{maple,independent-vlp,vpt}/xd_test_*.sh).
+#   bash scripts/maple/xd_test.sh DATASET SEED [KEY VALUE ...]    e.g. ... xd_test.sh imagenetv2 1
+# Same env as xd_train.sh (SOURCE instead of DATASET, default imagenet), plus LOADEP (default: the last epoch the
+# source run saved; the reference hard-codes 2).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
+if [ $# -lt 2 ]; then sed -n '2,7p' "$0"; exit 1; fi
+TRAINER="${TRAINER:-MaPLe}"
+CFG="${CFG:-$(xd_cfg "$TRAINER")}"
+SHOTS="${SHOTS:-16}"
+SOURCE="${SOURCE:-imagenet}"
+DATASET=$1; SEED=$2; shift 2
+require_file "configs/datasets/${DATASET}.yaml" "dataset config"
+require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
+
+MODEL_DIR="${OUTPUT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+DIR="${OUTPUT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}"
+run_exists "$DIR" && exit 0
+if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/maple/xd_train.sh first" >&2; exit 1; fi
+LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
+train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only "$@"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Cross-dataset / domain-generalisation source run: train on all ImageNet classes, 16 shots
+# (muzairkhattak/multimodal-prompt-learning@69bce21 scripts/{maple,independent-vlp,vpt}/xd_train_*.sh).
+#   bash scripts/maple/xd_train.sh SEED [KEY VALUE ...]
+# Env: TRAINER (MaPLe, IVLP or VPT; default MaPLe), CFG (default the reference's: MaPLe
+# vit_b16_c2_ep5_batch4_2ctx_cross_datasets, IVLP and VPT their base-to-new configs), SHOTS (16), DATASET (imagenet),
+# DATA, OUTPUT, PYTHON.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
+if [ $# -lt 1 ]; then sed -n '2,8p' "$0"; exit 1; fi
+TRAINER="${TRAINER:-MaPLe}"
+CFG="${CFG:-$(xd_cfg "$TRAINER")}"
+SHOTS="${SHOTS:-16}"
+DATASET="${DATASET:-imagenet}"
+SEED=$1; shift 1
+require_file "configs/datasets/${DATASET}.yaml" "dataset config"
+require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
+
+DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+run_exists "$DIR" && exit 0
+train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" "$@"
