@@ -37,7 +37,9 @@ import traceback
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)  # `vlprompt` and `dassl` of this checkout, from any working directory
+# `vlprompt` and `dassl` of this checkout from any working directory; last on the path, as train.py does, so that
+# `import datasets` / `import clip` inside transformers and diffusers never reach the top-level folders here
+sys.path.append(REPO_ROOT)
 
 from vlprompt.results_plots import (Bars, Panel, PlotDependencyError, base_new_panel, draw_bars,  # noqa: E402
                                     groups_panel, require_matplotlib)
@@ -126,7 +128,8 @@ class Step:
         flags = []
         if self.model_dir:
             epoch = last_epoch(self.model_dir)  # None for zero-shot: nothing was saved
-            flags = ["--eval-only", "--model-dir", self.model_dir] + (["--load-epoch", str(epoch)] if epoch else [])
+            flags = ["--eval-only", "--model-dir", self.model_dir]
+            flags += ["--load-epoch", str(epoch)] if epoch is not None else []
         opts = [*COMMON_OPTS, "DATASET.NUM_SHOTS", str(self.run.shots), "DATASET.SUBSAMPLE_CLASSES", self.classes]
         opts += ["MODEL.BACKBONE.NAME", TINY_CLIP] if self.run.clip else []
         return ["--root", data, "--seed", str(self.seed), "--trainer", self.trainer,
@@ -230,7 +233,8 @@ def failure(log, offset: int, err: Optional[BaseException] = None) -> str:
     """One line on why a step failed: the exception (its traceback goes to the log), else the log's last error."""
     if err is not None:
         log.write(traceback.format_exc())
-        return f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        text = str(err) if isinstance(err, DemoError) else f"{type(err).__name__}: {err}"
+        return (text.splitlines() or [""])[0][:200]
     with open(log.name, errors="replace") as f:
         f.seek(offset)
         lines = [line.strip() for line in f if line.strip()]
@@ -250,10 +254,10 @@ def run_step(step: Step, data: str, log) -> Tuple[Optional[float], str]:
             code = cli(step.argv(data))
     except (Exception, SystemExit) as err:  # a trainer's bug (or a flag clash) must not stop the demo
         return None, failure(log, offset, err)
+    if code != 0:
+        return None, failure(log, offset)
     result = read_run(step.output_dir, step.run.keyword)
-    if code != 0 or not result.done:
-        return None, failure(log, offset) if code != 0 else result.reason
-    return result.value, ""
+    return (result.value, "") if result.done else (None, result.reason)
 
 
 def run_trainer(trainer: str, data: str, output: str, seeds: Sequence[int], log) -> bool:
@@ -344,10 +348,10 @@ def demo_figure(rows: List[dict], path: str) -> None:
     top = Panel("overall", f"Synthetic: {len(synthetic)} trainers on the base classes", "accuracy (%)",
                 bars=Bars([r["trainer"] for r in synthetic], {"accuracy": [(r["mean"], r["std"]) for r in synthetic]}))
     below = [base_new_panel(harmonic_mean_rows(rows), "accuracy (%)")]
-    for dataset, ylabel in (("CIFAR10LT", "accuracy (%)"), ("SyntheticMultiLabel", "mAP (%)")):
-        panel, _ = groups_panel([r for r in rows if r["dataset"] == dataset], ylabel)
+    for dataset, keyword in (("CIFAR10LT", "accuracy"), ("SyntheticMultiLabel", "mAP")):
+        panel, _ = groups_panel([r for r in rows if r["dataset"] == dataset], keyword)
         if panel is not None:
-            panel.title = f"{dataset}: class groups"
+            panel.title, panel.ylabel = f"{dataset}: class groups", f"{keyword} (%)"
         below.append(panel)
     below = [p for p in below if p is not None]
     labels = sorted({label for p in below for label in p.bars.series})
@@ -357,6 +361,10 @@ def demo_figure(rows: List[dict], path: str) -> None:
     grid = fig.add_gridspec(2, max(len(below), 1))
     ax = fig.add_subplot(grid[0, :])
     draw_panel(ax, top, colors, legend=False)
+    zero_shot = [r["mean"] for r in synthetic if r["trainer"] == "ZeroshotCLIP"]
+    if zero_shot:  # which methods beat the zero-shot CLIP they start from
+        ax.axhline(zero_shot[0], linestyle="--", color="gray", label="ZeroshotCLIP")
+        ax.legend(fontsize="small", loc="upper right")
     ax.bar_label(next(c for c in ax.containers if isinstance(c, BarContainer)), fmt="%.1f", fontsize="small")
     ax.tick_params(axis="x", labelrotation=30)
     for label in ax.get_xticklabels():
@@ -392,8 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"== 1/3 Pre-training the tiny CLIP {TINY_CLIP} on synthetic image/caption pairs", flush=True)
         print(f"  {pretrain_clip(log)}", flush=True)
         trainers = args.trainers or registered_trainers()
-        print(f"== 2/3 {len(trainers)} trainers (ZeroshotCLIP, CoOp, CoCoOp: base-to-new, seeds "
-              f"{' '.join(map(str, args.seeds))}); runs under {output}", flush=True)
+        seeds = f"seed{'s' if len(args.seeds) > 1 else ''} {' '.join(map(str, args.seeds))}"
+        print(f"== 2/3 {len(trainers)} trainers (ZeroshotCLIP, CoOp, CoCoOp: base-to-new, {seeds}); runs under "
+              f"{output}", flush=True)
         failed = [t for t in trainers if not run_trainer(t, data, output, args.seeds, log)]
     rows = result_rows(output)
     if not any(r["mean"] is not None for r in rows):

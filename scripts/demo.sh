@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Offline CPU demo of every registered trainer (about 2 minutes on 2 cores): a tiny CLIP pre-trained on synthetic
+# Offline CPU demo of every registered trainer (about 1.5 minutes on 2 cores): a tiny CLIP pre-trained on synthetic
 # shapes, ZeroshotCLIP / CoOp / CoCoOp base-to-new, one run of every other method on the synthetic data it needs,
 # then one results table and one figure.
 #   bash scripts/demo.sh

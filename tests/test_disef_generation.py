@@ -233,3 +233,18 @@ def test_zero_shot_filter_is_clip_argmax():
         feats = model.encode_image(torch.stack([preprocess(im) for im in images]))
         expected = (torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).t())
     assert image_filter.predict(images) == expected.argmax(dim=-1).tolist()
+
+
+def test_caption_seed_does_not_depend_on_where_the_data_root_lives(tmp_path):
+    """The same images under two data roots get the same (seeded) captions."""
+    def random_captioner(images, classnames, labels):
+        return [f"{name} {torch.rand(1).item():.6f}" for name in classnames]  # draws from the seeded stream
+
+    captions = []
+    for root in ("first_root", "elsewhere/second_root"):
+        paths = [f"/{root}/flowers/rose/image_{i}.jpg" for i in range(3)]
+        folder = tmp_path / root.replace("/", "_")
+        folder.mkdir()
+        cache = CaptionCache(str(folder))
+        captions.append(cache.get(paths, 0, "rose", random_captioner, read=lambda p: None))
+    assert captions[0] == captions[1]

@@ -87,7 +87,6 @@ class CLIP_Adapter(ClipPromptTrainer):  # noqa: N801  (the reference's registry 
     "CLIP-Adapter: Better Vision-Language Models with Feature Adapters", https://arxiv.org/abs/2110.04544
     """
 
-    SUPPORTS_DISTRIBUTED = True  # Dassl's step on sharded batches; the frozen text features are the same everywhere
     LEARNABLE = ("clip_adapter",)
     CFG_NODE = "CLIP_ADAPTER"
     EVAL_FROM_IMAGE_FEATURES = True  # the image tower is frozen: test features are encoded once and cached

@@ -33,4 +33,3 @@ class CLIP_LoRA(LoRATrainer):  # noqa: N801  (registry key = the paper's spellin
     """
 
     CFG_NODE = "CLIP_LORA"
-    SUPPORTS_DISTRIBUTED = True

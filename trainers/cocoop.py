@@ -121,7 +121,6 @@ class CoCoOp(ClipPromptTrainer):
     "Conditional Prompt Learning for Vision-Language Models", https://arxiv.org/abs/2203.05557
     """
 
-    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_ddp.py for CoOp; same step and test path)
 
     LEARNABLE = ("prompt_learner",)
     EVAL_FROM_IMAGE_FEATURES = True  # the meta-net reads image features; the image tower itself is frozen

@@ -16,13 +16,12 @@ import logging
 from typing import Sequence
 
 from torch import nn
-from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
 from dassl.engine import TRAINER_REGISTRY
 
 from .common.prompt_clip import PromptCLIP
-from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase
+from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase, coop_prompt_keys
 from .common.prompt_trainer import ClipPromptTrainer
 
 logger = logging.getLogger(__name__)
@@ -30,22 +29,7 @@ logger = logging.getLogger(__name__)
 
 @register_cfg_defaults
 def add_cfg_defaults(cfg) -> None:
-    cfg.TRAINER.COOP = CN()
-    # Number of context vectors M (ignored when CTX_INIT is set: its word count is used)
-    cfg.TRAINER.COOP.N_CTX = 16
-    # Class-specific contexts, one (M, D) set per class; ignored (warned) when CTX_INIT is set
-    cfg.TRAINER.COOP.CSC = False
-    # Words to initialise the context from, e.g. "a photo of a" ("_" reads as a space); "" = random N(0, INIT_STD^2)
-    cfg.TRAINER.COOP.CTX_INIT = ""
-    # fp16 (CoOp default: CLIP and ctx in half precision), fp32 or amp; fp16/amp need CUDA, else fp32 (warned)
-    cfg.TRAINER.COOP.PREC = "fp16"
-    # Where the class-name tokens go relative to the context: end, middle or front
-    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
-    # Standard deviation of the random context init (CoOp hard-codes 0.02)
-    cfg.TRAINER.COOP.INIT_STD = 0.02
-    # True keeps ctx in fp32 under PREC fp16 and casts it to fp16 only where it meets CLIP; False is CoOp's
-    # literal recipe: ctx is itself an fp16 parameter updated by SGD in fp16, where small updates round away
-    cfg.TRAINER.COOP.FP32_MASTER_WEIGHTS = True
+    cfg.TRAINER.COOP = coop_prompt_keys()  # N_CTX 16, CSC, CTX_INIT, PREC fp16, CLASS_TOKEN_POSITION, ...
 
 
 @TRAINER_REGISTRY.register()
@@ -55,7 +39,6 @@ class CoOp(ClipPromptTrainer):
     "Learning to Prompt for Vision-Language Models", https://arxiv.org/abs/2109.01134
     """
 
-    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_ddp.py for CoOp; same step and test path)
 
     LEARNABLE = ("prompt_learner",)
     EVAL_FROM_IMAGE_FEATURES = True  # only the text side is learned: test features are encoded once and cached

@@ -18,14 +18,13 @@ from typing import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode as CN
 
 from dassl.config import register_cfg_defaults
 from dassl.engine import TRAINER_REGISTRY
 
 from .common.custom_clip import cosine_logits
 from .common.prompt_clip import PromptCLIP
-from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase
+from .common.prompt_learner import CLASS_TOKEN_POSITIONS, PromptLearnerBase, coop_prompt_keys
 from .common.prompt_trainer import ClipPromptTrainer
 from .common.templates import dataset_template
 from .common.text_encoder import TextEncoder
@@ -42,28 +41,13 @@ COSINE_EPS = 1e-7
 
 @register_cfg_defaults
 def add_cfg_defaults(cfg) -> None:
-    cfg.TRAINER.KGCOOP = CN()
+    cfg.TRAINER.KGCOOP = coop_prompt_keys()  # CoOp's prompt keys (the reference always uses the class at the end)
     # Weight lambda of the knowledge-guided term (the paper's and every reference script's 8.0; the reference's
     # train.py default is 1.0, which its scripts always override); 0.0 trains CoOp
     cfg.TRAINER.KGCOOP.W = 8.0
     # Hand-written prompt whose text features anchor the learned ones ("{}" = class name); "" = KgCoOp's table:
     # the dataset's TEMPLATE, except DescribableTextures: "a photo of a {}, a type of texture."
     cfg.TRAINER.KGCOOP.TEMPLATE = ""
-    # Number of context vectors M (ignored when CTX_INIT is set: its word count is used)
-    cfg.TRAINER.KGCOOP.N_CTX = 16
-    # Class-specific contexts, one (M, D) set per class; ignored (warned) when CTX_INIT is set
-    cfg.TRAINER.KGCOOP.CSC = False
-    # Words to initialise the context from, e.g. "a photo of a" ("_" reads as a space); "" = random N(0, INIT_STD^2)
-    cfg.TRAINER.KGCOOP.CTX_INIT = ""
-    # fp16 (the reference's default: CLIP and ctx in half precision), fp32 or amp; fp16/amp need CUDA, else fp32
-    cfg.TRAINER.KGCOOP.PREC = "fp16"
-    # Where the class-name tokens go relative to the context: end, middle or front (the reference always uses end)
-    cfg.TRAINER.KGCOOP.CLASS_TOKEN_POSITION = "end"
-    # Standard deviation of the random context init (the reference hard-codes 0.02)
-    cfg.TRAINER.KGCOOP.INIT_STD = 0.02
-    # True keeps ctx in fp32 under PREC fp16 and casts it to fp16 only where it meets CLIP; False is the reference's
-    # literal recipe: ctx is itself an fp16 parameter updated by SGD in fp16, where small updates round away
-    cfg.TRAINER.KGCOOP.FP32_MASTER_WEIGHTS = True
 
 
 def knowledge_guided_loss(text_features: Tensor, clip_text_features: Tensor) -> Tensor:
@@ -109,7 +93,6 @@ class KgCoOp(ClipPromptTrainer):
     "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization", https://arxiv.org/abs/2303.13283
     """
 
-    SUPPORTS_DISTRIBUTED = True  # tests/test_registry_ddp.py: 2 ranks = 1 process (the KG term is batch-free)
 
     LEARNABLE = ("prompt_learner",)
     EVAL_FROM_IMAGE_FEATURES = True  # only the text side is learned: test features are encoded once and cached

@@ -171,7 +171,6 @@ class LinearProbeCLIP(FrozenFeatureTrainer):
     "Learning Transferable Visual Models From Natural Language Supervision", https://arxiv.org/abs/2103.00020
     """
 
-    SUPPORTS_DISTRIBUTED = True  # features gathered on every rank; the fit runs on rank 0 and is broadcast
     LEARNABLE = ("classifier",)
     CFG_NODE = "LINEARPROBECLIP"
 

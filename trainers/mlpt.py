@@ -253,7 +253,6 @@ class MLPT(ClipPromptTrainer):
     LEARNABLE = BRANCHES
     # Checked under torchrun (tests/test_registry_ddp.py): the pool losses are gathered, the GMM probabilities
     # shared, the split loaders sharded like Dassl's training loaders
-    SUPPORTS_DISTRIBUTED = True
 
     def check_cfg(self, cfg) -> None:
         node, data = cfg.TRAINER.MLPT, cfg.DATASET

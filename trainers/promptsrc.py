@@ -68,12 +68,12 @@ def add_cfg_defaults(cfg) -> None:
     cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
     # Text prompt depth J_t >= 1: prompts at text layers 0 .. J_t-1
     cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
-    # Weight of the L1 distance between prompted and frozen class text features (the paper's lambda_2)
+    # Weight lambda_text of the L1 distance between prompted and frozen class text features
     cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25.0
-    # Weight of the L1 distance between prompted and frozen image features (the paper's lambda_1)
+    # Weight lambda_image of the L1 distance between prompted and frozen image features
     cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10.0
-    # Weight of the KL divergence from the frozen zero-shot logits to the prompted ones (new key; the
-    # reference hard-codes 1)
+    # Weight lambda_logits of the KL divergence from the frozen zero-shot logits to the prompted ones (new key;
+    # the reference hard-codes 1)
     cfg.TRAINER.PROMPTSRC.LOGIT_LOSS_WEIGHT = 1.0
     # Gaussian prompt aggregation: True = the prompts after the last epoch are sum_e w_e * prompts_e; False =
     # the last epoch's prompts (new key; the reference always aggregates)
@@ -244,7 +244,6 @@ class PromptSRC(DeepPromptTrainer):
     "Self-regulating Prompts: Foundational Model Adaptation without Forgetting", https://arxiv.org/abs/2307.06948
     """
 
-    SUPPORTS_DISTRIBUTED = True  # checked by tests/test_registry_ddp.py
     REFERENCE_MODEL_NAME = "VLPromptLearner"  # the reference's checkpoint folder in a run directory
     GPA_MODEL_NAME = "gpa"  # registered model (checkpoint folder) holding the running weighted sum
 
@@ -317,7 +316,7 @@ class PromptSRC(DeepPromptTrainer):
         return terms
 
     def compute_loss(self, output: PromptSRCOutput, label: Tensor) -> Tensor:
-        """``L = CE(logits, y) + lambda_2 L_text + lambda_1 L_image + lambda_3 L_logits`` (weight-0 terms skipped)."""
+        """``L = CE + lambda_text L_text + lambda_image L_image + lambda_logits L_logits`` (weight-0 terms skipped)."""
         loss = super().compute_loss(output.logits, label)
         for term in self.regulating_terms(output).values():
             loss = loss + term

@@ -15,7 +15,6 @@ from dassl.metrics import compute_accuracy
 class Vanilla(TrainerX):
     """Supervised training of ``SimpleNet`` on the labeled split (cross-entropy)."""
 
-    SUPPORTS_DISTRIBUTED = True  # tests/test_registry_ddp.py; BatchNorm spans the ranks (cross_rank_bn.py)
 
     def check_cfg(self, cfg):
         if not cfg.MODEL.BACKBONE.NAME:

@@ -57,7 +57,6 @@ class ZeroshotCLIP(ClipPromptTrainer):
     "Learning Transferable Visual Models From Natural Language Supervision", https://arxiv.org/abs/2103.00020
     """
 
-    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_ddp.py for CoOp; same step and test path)
 
     LEARNABLE = ()
     CFG_NODE = "ZEROSHOTCLIP"

@@ -66,7 +66,6 @@ class ZeroshotCLIPMultiLabel(ZeroshotCLIP):
     "Learning Transferable Visual Models From Natural Language Supervision", https://arxiv.org/abs/2103.00020
     """
 
-    SUPPORTS_DISTRIBUTED = True  # tests/test_registry_ddp.py; cached features are gathered over ranks
     CFG_NODE = "ZEROSHOTCLIPMULTILABEL"
 
     def check_cfg(self, cfg) -> None:

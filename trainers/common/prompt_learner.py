@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from yacs.config import CfgNode as CN
 
 from vlprompt import clip
 
@@ -31,6 +32,28 @@ logger = logging.getLogger(__name__)
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"  # stands for one context slot in the prompt strings; its embedding is replaced by ctx
 SOT_POSITIONS = 1  # token_prefix holds position 0 only (SOT)
+
+
+def coop_prompt_keys(reference: str = "CoOp") -> CN:
+    """The config keys of a CoOp-style prompt (CoOp, KgCoOp, ...): a node a method places under ``TRAINER``."""
+    node = CN()
+    # Number of context vectors M (ignored when CTX_INIT is set: its word count is used)
+    node.N_CTX = 16
+    # Class-specific contexts, one (M, D) set per class; ignored (warned) when CTX_INIT is set
+    node.CSC = False
+    # Words to initialise the context from, e.g. "a photo of a" ("_" reads as a space); "" = random N(0, INIT_STD^2)
+    node.CTX_INIT = ""
+    # fp16 (the reference's default: CLIP and ctx in half precision), fp32 or amp; fp16/amp need CUDA, else fp32
+    node.PREC = "fp16"
+    # Where the class-name tokens go relative to the context: end, middle or front
+    node.CLASS_TOKEN_POSITION = "end"
+    # Standard deviation of the random context init (the reference hard-codes 0.02)
+    node.INIT_STD = 0.02
+    # True keeps ctx in fp32 under PREC fp16 and casts it to fp16 only where it meets CLIP; False is the
+    # reference's literal recipe: ctx is itself an fp16 parameter updated by SGD in fp16, where small updates
+    # round away
+    node.FP32_MASTER_WEIGHTS = True
+    return node
 
 
 def context_from_words(clip_model: nn.Module, ctx_init: str) -> tuple[Tensor, str]:

@@ -159,10 +159,12 @@ class CaptionCache:
     def get(self, paths: Sequence[str], label: int, classname: str, captioner: Callable[..., list[str]],
             read: Callable[[str], Image.Image]) -> list[str]:
         """Captions of ``paths`` (one class); uncached ones are captioned in one call with a seed derived from
-        their paths, so an interrupted and an uninterrupted run write the same captions."""
+        their paths, so an interrupted and an uninterrupted run write the same captions.  The seed uses each
+        path's last two components (class folder / file), so it does not depend on where the data root lives."""
         todo = sorted({p for p in paths if p not in self.captions})
         if todo:
-            torch.manual_seed(derive_seed("caption", *todo) % (2 ** 63))
+            names = [osp.join(osp.basename(osp.dirname(p)), osp.basename(p)) for p in todo]
+            torch.manual_seed(derive_seed("caption", *names) % (2 ** 63))
             new = captioner([read(p) for p in todo], [classname] * len(todo), [label] * len(todo))
             self.captions.update(zip(todo, new))
             atomic_write(self.path, json.dumps(self.captions, indent=0).encode())

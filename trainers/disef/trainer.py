@@ -135,7 +135,6 @@ class DISEF(LoRATrainer):
     """
 
     CFG_NODE = "DISEF"
-    SUPPORTS_DISTRIBUTED = True
 
     _synthetic: Optional[Tensor] = None  # (B,) bool of the current batch, set by parse_batch_train
 

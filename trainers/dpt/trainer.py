@@ -108,7 +108,6 @@ class DPT(ClipPromptTrainer):
     "Discrete Prompt Tuning for Vision-Language Models", https://github.com/alvitawa/fomo
     """
 
-    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_registry_ddp.py): equal scores, same tokens
     LEARNABLE = ("prompt_learner",)
 
     def fp32_master_weights(self) -> bool:

@@ -99,7 +99,6 @@ class LangevinCoOp(ClipPromptTrainer):
     """
 
     LEARNABLE = ("prompt_learner",)
-    SUPPORTS_DISTRIBUTED = True
     CLI_FLAGS = {"--init-from": ("TRAINER.LANGEVINCOOP.INIT_FROM", "phase 2: the phase-1 prompt file to start from")}
 
     # ------------------------------------------------------------------ config and data

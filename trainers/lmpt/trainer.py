@@ -199,7 +199,6 @@ class LMPT(ClipPromptTrainer):
 
     # Checked under torchrun (tests/test_registry_ddp.py): losses on the gathered global batch, caption rows looked
     # up by each batch's dataset indices, the same hold-out split on every rank, evaluation gathered by the engine.
-    SUPPORTS_DISTRIBUTED = True
     LEARNABLE = ("prompt_learner",)
 
     def fp32_master_weights(self) -> bool:

@@ -82,7 +82,6 @@ def share_initial_parameters(module: nn.Module) -> None:
 class DeepPromptTrainer(ClipPromptTrainer):
     """Base of the deep-prompt trainers; a subclass implements ``build_custom_clip`` and its ``check_cfg``."""
 
-    SUPPORTS_DISTRIBUTED = True  # checked under torchrun (tests/test_registry_ddp.py): same prompts as one process
     LEARNABLE = ("prompt_learner",)
     # Folder the reference's trainer saves its model in (its register_model name), read by load_model when a
     # run directory has no prompt_learner/ folder; "" = the same folder as ours.

@@ -122,7 +122,6 @@ class TipAdapter(FrozenFeatureTrainer):
     "Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", https://arxiv.org/abs/2207.09519
     """
 
-    SUPPORTS_DISTRIBUTED = True  # views and val features gathered on every rank; the search is broadcast
     LEARNABLE = ("cache",)
     CFG_NODE = "TIPADAPTER"
 
@@ -216,7 +215,6 @@ class TipAdapter_F(TipAdapter):  # noqa: N801  (the paper's name)
     "Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", https://arxiv.org/abs/2207.09519
     """
 
-    SUPPORTS_DISTRIBUTED = True  # sharded batches and averaged gradients; the search is broadcast
     CFG_NODE = "TIPADAPTER_F"
 
     def check_cfg(self, cfg) -> None:
