@@ -21,6 +21,7 @@ from typing import Dict, List
 from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
 from dassl.utils import listdir_nohidden
 
+from .prompt_templates import IMAGENET_TEMPLATES_SELECT
 from .splits import (
     CacheFormatError,
     dataset_root,
@@ -67,15 +68,7 @@ class ImageNet(DatasetBase):
     # Hand-written zero-shot prompt ("{}" = class name), as CoOp's CUSTOM_TEMPLATES
     TEMPLATE = "a photo of a {}."
     # Prompts whose text features are averaged (DISEF's ImageNet list = CLIP's 7-template ensemble)
-    TEMPLATES = (
-        "itap of a {}.",
-        "a bad photo of the {}.",
-        "a origami {}.",
-        "a photo of the large {}.",
-        "a {} in a video game.",
-        "art of the {}.",
-        "a photo of the small {}.",
-    )
+    TEMPLATES = IMAGENET_TEMPLATES_SELECT
 
     dataset_dir = "imagenet"
 

@@ -48,6 +48,8 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.append(REPO_ROOT)
 
+from vlprompt.extras import MissingExtraError, require  # noqa: E402
+
 logger = logging.getLogger("grid")
 
 
@@ -61,7 +63,6 @@ def _pickle_jobs_by_value() -> None:
         pass  # submitit depends on cloudpickle, so this is only reached when no job can be submitted anyway
 
 
-CLUSTER_INSTALL = 'pip install "vlprompt[cluster]"'
 DEFAULT_LAYOUT = "{dataset}/{trainer}/{config}_{shots}shots/seed{seed}"
 GRID_KEYS = {"root", "output_root", "datasets", "shots", "seeds", "runs", "opts", "executor", "workers", "gpus",
              "slurm", "subsample"}
@@ -91,18 +92,9 @@ class GridError(ValueError):
     """A grid file is wrong; the message names the key and the file."""
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra and the install command."""
-
-
 def import_submitit():
     """The ``submitit`` module, which runs the jobs; it comes with the optional ``cluster`` extra."""
-    try:
-        import submitit
-    except ImportError as err:
-        raise MissingExtraError(f"scripts/grid.py runs jobs through submitit, from the optional 'cluster' extra, "
-                                f"which is not installed; install it with: {CLUSTER_INSTALL}") from err
-    return submitit
+    return require("submitit", "cluster", "scripts/grid.py (running jobs)")
 
 
 def _check_keys(section: Dict[str, Any], allowed: set, where: str, path: str) -> None:

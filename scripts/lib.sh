@@ -53,3 +53,67 @@ train_py() {
         --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
         --output-dir "$dir" "$@"
 }
+
+# The base-to-new and cross-dataset protocols of CoCoOp's scripts, shared by every method's script (CoCoOp,
+# MaPLe / IVLP / VPT, KgCoOp, PromptSRC): the calling script sets TRAINER, CFG, SHOTS (and SUB, SOURCE,
+# SHOTS_TAG) and passes method-specific KEY VALUE pairs before the user's.  A finished run is skipped.
+
+# base2new_train DATASET SEED [KEY VALUE ...]: train on the base classes, test on them.
+base2new_train() {
+    local dataset=$1 seed=$2
+    shift 2
+    _require_configs "$dataset"
+    local dir="${OUTPUT}/base2new/train_base/$(_base2new_run "$dataset" "$seed")"
+    run_exists "$dir" && return 0
+    train_py "$dataset" "$seed" "$dir" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
+}
+
+# base2new_test DATASET SEED [KEY VALUE ...]: evaluate that run's last epoch on the $SUB (default new) classes.
+base2new_test() {
+    local dataset=$1 seed=$2 sub="${SUB:-new}"
+    shift 2
+    _require_configs "$dataset"
+    local run
+    run="$(_base2new_run "$dataset" "$seed")"
+    _eval_run "$dataset" "$seed" "${OUTPUT}/base2new/train_base/${run}" "${OUTPUT}/base2new/test_${sub}/${run}" \
+        base2new_train.sh DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$sub" "$@"
+}
+
+# xd_train SEED [KEY VALUE ...]: train on all classes of $DATASET (default imagenet), the cross-dataset source.
+xd_train() {
+    local dataset="${DATASET:-imagenet}" seed=$1
+    shift 1
+    _require_configs "$dataset"
+    local dir="${OUTPUT}/${dataset}/${TRAINER}/${CFG}_${SHOTS}shots/seed${seed}"
+    run_exists "$dir" && return 0
+    train_py "$dataset" "$seed" "$dir" DATASET.NUM_SHOTS "$SHOTS" "$@"
+}
+
+# xd_test DATASET SEED [KEY VALUE ...]: evaluate the $SOURCE (default imagenet) run on DATASET.
+xd_test() {
+    local dataset=$1 seed=$2 source="${SOURCE:-imagenet}"
+    shift 2
+    _require_configs "$dataset"
+    _eval_run "$dataset" "$seed" "${OUTPUT}/${source}/${TRAINER}/${CFG}_${SHOTS}shots/seed${seed}" \
+        "${OUTPUT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${dataset}/seed${seed}" xd_train.sh "$@"
+}
+
+_require_configs() {
+    require_file "configs/datasets/$1.yaml" "dataset config"
+    require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
+}
+
+_base2new_run() { echo "$1/shots_${SHOTS}${SHOTS_TAG:-}/${TRAINER}/${CFG}/seed$2"; }
+
+# _eval_run DATASET SEED MODEL_DIR DIR TRAIN_SCRIPT [ARG ...]: --eval-only of MODEL_DIR's last epoch into DIR.
+_eval_run() {
+    local dataset=$1 seed=$2 model_dir=$3 dir=$4 train_script=$5
+    shift 5
+    run_exists "$dir" && return 0
+    if [ ! -d "$model_dir" ]; then
+        echo "error: $model_dir not found; run $(dirname "$SCRIPT_PATH")/$train_script first" >&2
+        exit 1
+    fi
+    local epoch="${LOADEP:-$(last_epoch "$model_dir")}"
+    train_py "$dataset" "$seed" "$dir" --model-dir "$model_dir" ${epoch:+--load-epoch "$epoch"} --eval-only "$@"
+}

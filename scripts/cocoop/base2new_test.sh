@@ -10,16 +10,4 @@ if [ $# -lt 2 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-CoCoOp}"
 CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
 SHOTS="${SHOTS:-16}"
-SUB="${SUB:-new}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-COMMON_DIR="${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
-MODEL_DIR="${OUTPUT}/base2new/train_base/${COMMON_DIR}"
-DIR="${OUTPUT}/base2new/test_${SUB}/${COMMON_DIR}"
-run_exists "$DIR" && exit 0
-if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/cocoop/base2new_train.sh first" >&2; exit 1; fi
-LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
-train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only \
-    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$SUB" "$@"
+base2new_test "$@"

@@ -11,10 +11,4 @@ if [ $# -lt 2 ]; then sed -n '2,8p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-CoCoOp}"
 CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
 SHOTS="${SHOTS:-16}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-DIR="${OUTPUT}/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
-run_exists "$DIR" && exit 0
-train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
+base2new_train "$@"

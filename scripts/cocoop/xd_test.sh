@@ -10,14 +10,4 @@ if [ $# -lt 2 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-CoCoOp}"
 CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
 SHOTS="${SHOTS:-16}"
-SOURCE="${SOURCE:-imagenet}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-MODEL_DIR="${OUTPUT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
-DIR="${OUTPUT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}"
-run_exists "$DIR" && exit 0
-if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/cocoop/xd_train.sh first" >&2; exit 1; fi
-LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
-train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only "$@"
+xd_test "$@"

@@ -10,11 +10,4 @@ if [ $# -lt 1 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-CoCoOp}"
 CFG="${CFG:-vit_b16_c4_ep10_batch1_ctxv1}"
 SHOTS="${SHOTS:-16}"
-DATASET="${DATASET:-imagenet}"
-SEED=$1; shift 1
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
-run_exists "$DIR" && exit 0
-train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" "$@"
+xd_train "$@"

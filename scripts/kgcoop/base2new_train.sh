@@ -6,19 +6,13 @@
 # CFG (a configs/trainers/KgCoOp/ stem, default vit_b16_ep100_ctxv1), SHOTS (default 16), DATA, OUTPUT, PYTHON.
 # The reference's three seeds: for SEED in 1 2 3; do bash scripts/kgcoop/base2new_train.sh DATASET $SEED; done
 set -euo pipefail
-if [ $# -lt 2 ]; then sed -n '2,7p' "$0"; exit 1; fi  # before lib.sh, which changes directory
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+if [ $# -lt 2 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER=KgCoOp
 CFG="${CFG:-vit_b16_ep100_ctxv1}"
 SHOTS="${SHOTS:-16}"
 W="${W:-8.0}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-DIR="${OUTPUT}/base2new/train_base/${DATASET}/shots_${SHOTS}_${W}/${TRAINER}/${CFG}/seed${SEED}"
-run_exists "$DIR" && exit 0
+SHOTS_TAG="_${W}"  # the reference's folder shots_<S>_<W>
 # N_CTX 4 and CLASS_TOKEN_POSITION end as the reference passes them (N_CTX only matters without CTX_INIT)
-train_py "$DATASET" "$SEED" "$DIR" TRAINER.KGCOOP.N_CTX 4 TRAINER.KGCOOP.CSC False \
-    TRAINER.KGCOOP.CLASS_TOKEN_POSITION end TRAINER.KGCOOP.W "$W" \
-    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
+base2new_train "$1" "$2" TRAINER.KGCOOP.N_CTX 4 TRAINER.KGCOOP.CSC False TRAINER.KGCOOP.CLASS_TOKEN_POSITION end \
+    TRAINER.KGCOOP.W "$W" "${@:3}"

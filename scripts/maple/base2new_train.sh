@@ -8,14 +8,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
-if [ $# -lt 2 ]; then sed -n '2,8p' "$0"; exit 1; fi
+if [ $# -lt 2 ]; then sed -n '2,8p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-MaPLe}"
 CFG="${CFG:-$(base2new_cfg "$TRAINER")}"
 SHOTS="${SHOTS:-16}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-DIR="${OUTPUT}/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
-run_exists "$DIR" && exit 0
-train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
+base2new_train "$@"

@@ -7,18 +7,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
-if [ $# -lt 2 ]; then sed -n '2,7p' "$0"; exit 1; fi
+if [ $# -lt 2 ]; then sed -n '2,7p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-MaPLe}"
 CFG="${CFG:-$(xd_cfg "$TRAINER")}"
 SHOTS="${SHOTS:-16}"
-SOURCE="${SOURCE:-imagenet}"
-DATASET=$1; SEED=$2; shift 2
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-MODEL_DIR="${OUTPUT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
-DIR="${OUTPUT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}"
-run_exists "$DIR" && exit 0
-if [ ! -d "$MODEL_DIR" ]; then echo "error: $MODEL_DIR not found; run scripts/maple/xd_train.sh first" >&2; exit 1; fi
-LOADEP="${LOADEP:-$(last_epoch "$MODEL_DIR")}"
-train_py "$DATASET" "$SEED" "$DIR" --model-dir "$MODEL_DIR" ${LOADEP:+--load-epoch "$LOADEP"} --eval-only "$@"
+xd_test "$@"

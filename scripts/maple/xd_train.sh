@@ -8,15 +8,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
-if [ $# -lt 1 ]; then sed -n '2,8p' "$0"; exit 1; fi
+if [ $# -lt 1 ]; then sed -n '2,8p' "$SCRIPT_PATH"; exit 1; fi
 TRAINER="${TRAINER:-MaPLe}"
 CFG="${CFG:-$(xd_cfg "$TRAINER")}"
 SHOTS="${SHOTS:-16}"
-DATASET="${DATASET:-imagenet}"
-SEED=$1; shift 1
-require_file "configs/datasets/${DATASET}.yaml" "dataset config"
-require_file "configs/trainers/${TRAINER}/${CFG}.yaml" "trainer config"
-
-DIR="${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
-run_exists "$DIR" && exit 0
-train_py "$DATASET" "$SEED" "$DIR" DATASET.NUM_SHOTS "$SHOTS" "$@"
+xd_train "$@"

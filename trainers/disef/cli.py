@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from dassl.utils import progress
+from vlprompt.extras import MissingExtraError
 
 from .config import BUDGET_POLICIES, BUDGET_UNITS, CAPTION_LABELS, CHAT_FORMATS, PRESETS, GenerationConfig
 from .fakes import tiny_img2img_pipeline, tiny_llava
@@ -28,7 +29,7 @@ from .sharding import Shard, finish_shard, merge_shard_manifests, reconcile_mani
 
 logger = logging.getLogger(__name__)
 
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError)  # bad input: one line on stderr, exit status 1
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError, MissingExtraError)  # bad input: one line, exit 1
 # command-line destination -> GenerationConfig field, for the flags whose default comes from --preset
 PRESET_FLAGS = {
     "images_per_class": "images_per_class", "batch_size": "batch_size", "steps": "num_inference_steps",

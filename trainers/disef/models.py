@@ -12,7 +12,11 @@ from typing import Callable, Protocol, Sequence
 import torch
 from PIL import Image
 
+from vlprompt.extras import require
+
 from .config import NOTEBOOK_CHAT, GenerationConfig
+
+GENERATION = "DISEF's caption and image generation"
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ class Img2ImgGenerator:
     """``StableDiffusionImg2ImgPipeline`` with its scheduler swapped for DPM-Solver++ (``dpmsolver++``)."""
 
     def __init__(self, pipe, cfg: GenerationConfig) -> None:
-        from diffusers import DPMSolverMultistepScheduler
+        DPMSolverMultistepScheduler = require("diffusers", "generation", GENERATION).DPMSolverMultistepScheduler
 
         if not isinstance(pipe.scheduler, DPMSolverMultistepScheduler):
             pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
@@ -163,13 +167,12 @@ def read_rgb(path: str) -> Image.Image:
 
 def load_llava(model_id: str, device: str, quantize_4bit: bool = False):
     """LLaVA-1.5 (hf) model and processor; ``quantize_4bit``: NF4 + double quant, fp16 compute (needs CUDA)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    transformers = require("transformers", "generation", GENERATION)
+    AutoProcessor, LlavaForConditionalGeneration = transformers.AutoProcessor, transformers.LlavaForConditionalGeneration
 
     kwargs: dict = {"dtype": torch.float16 if device != "cpu" else torch.float32}
     if quantize_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.float16,
                                                            bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = "auto" if device == "cuda" else {"": device}  # cuda:k: this shard's GPU only
@@ -181,7 +184,7 @@ def load_llava(model_id: str, device: str, quantize_4bit: bool = False):
 
 def load_sd_img2img(model_id: str, device: str):
     """Stable Diffusion img2img (fp16 on GPU, fp32 on CPU) without the safety checker."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+    StableDiffusionImg2ImgPipeline = require("diffusers", "generation", GENERATION).StableDiffusionImg2ImgPipeline
 
     dtype = torch.float16 if device != "cpu" else torch.float32
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model_id, torch_dtype=dtype, safety_checker=None,
