@@ -4,7 +4,9 @@
   trainer's ``training_passes()`` hook yields (one pass over ``train_loader_x`` by default).
 - ``EpochProgress``: Dassl's progress line (``epoch [e/E] batch [b/B] time ... data ... <meters> lr ... eta``)
   and the ``train/*`` tensorboard scalars.
-- ``cycle``: an iterator over a loader that starts again when the loader runs out (Dassl's unlabelled batches).
+- ``cycle``: an iterator over a loader that starts again when the loader runs out (Dassl's unlabelled batches);
+  ``PairedBatches``: ``(batch_x, batch_u)`` pairs of ``TrainerXU``'s epoch.
+- ``rank_share``: under torchrun, a rank's share of the current global batch (its loss weight).
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from dassl.utils import AverageMeter, MetricMeter
+import torch
 
-__all__ = ["TrainingPass", "EpochProgress", "cycle", "LR_STEP_POLICIES"]
+from dassl.utils import AverageMeter, MetricMeter, all_gather_object, get_world_size
+
+__all__ = ["TrainingPass", "EpochProgress", "cycle", "LR_STEP_POLICIES", "PairedBatches", "rank_share"]
 
 logger = logging.getLogger("dassl.engine.trainer")
 
@@ -93,3 +97,40 @@ class EpochProgress:
         for name, meter in self.losses.meters.items():
             t.write_scalar("train/" + name, meter.avg, n_iter)
         t.write_scalar("train/lr", t.get_current_lr(), n_iter)
+
+
+def _items_in(batch) -> int:
+    """Number of items in a batch: the length of its first tensor (dicts and tuples are searched in order)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        n = _items_in(value)
+        if n:
+            return n
+    return 0
+
+
+def rank_share(batch) -> float:
+    """``n_local * W / n_global`` for this rank's part of the current batch (1.0 in a single process)."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return 1.0
+    n_local = _items_in(batch)
+    counts = all_gather_object(n_local)
+    total = sum(counts)
+    return 1.0 if total == n_local * world_size else n_local * world_size / total
+
+
+class PairedBatches:
+    """``(batch_x, batch_u)`` pairs for ``n`` steps from two restarting loaders (TrainerXU's epoch)."""
+
+    def __init__(self, loader_x, loader_u, n: int) -> None:
+        self.iter_x, self.iter_u, self.n = cycle(loader_x), cycle(loader_u), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield next(self.iter_x), next(self.iter_u)

@@ -57,7 +57,7 @@ from dassl.utils import (
 
 from .checkpoints import (CheckpointError, check_state_dict_fits, common_epochs, epoch_file, read_checkpoint_set,
                           recover_checkpoint_sets, write_checkpoint_set)
-from .loop import LR_STEP_POLICIES, EpochProgress, TrainingPass, cycle
+from .loop import LR_STEP_POLICIES, EpochProgress, PairedBatches, TrainingPass, cycle, rank_share
 from .rng import get_rng_state, set_rng_state
 from .run_guard import set_position
 from .simple_net import SimpleNet
@@ -588,43 +588,6 @@ class TrainerX(SimpleTrainer):
         return input, label, domain
 
 
-def _items_in(batch) -> int:
-    """Number of items in a batch: the length of its first tensor (dicts and tuples are searched in order)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    for value in values:
-        n = _items_in(value)
-        if n:
-            return n
-    return 0
-
-
-def rank_share(batch) -> float:
-    """``n_local * W / n_global`` for this rank's part of the current batch (1.0 in a single process)."""
-    world_size = get_world_size()
-    if world_size == 1:
-        return 1.0
-    n_local = _items_in(batch)
-    counts = all_gather_object(n_local)
-    total = sum(counts)
-    return 1.0 if total == n_local * world_size else n_local * world_size / total
-
-
-class _PairedBatches:
-    """``(batch_x, batch_u)`` pairs for ``n`` steps from two restarting loaders (TrainerXU's epoch)."""
-
-    def __init__(self, loader_x, loader_u, n: int) -> None:
-        self.iter_x, self.iter_u, self.n = cycle(loader_x), cycle(loader_u), n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for _ in range(self.n):
-            yield next(self.iter_x), next(self.iter_u)
-
-
 class TrainerXU(TrainerX):
     """Trainer over labeled (x) and unlabeled (u) data."""
 
@@ -634,7 +597,7 @@ class TrainerXU(TrainerX):
         counts = {"train_x": len_x, "train_u": len_u, "smaller_one": min(len_x, len_u)}
         if count_iter not in counts:
             raise ValueError(f"TRAIN.COUNT_ITER={count_iter!r}; choose one of {', '.join(counts)}")
-        pairs = _PairedBatches(self.train_loader_x, self.train_loader_u, counts[count_iter])
+        pairs = PairedBatches(self.train_loader_x, self.train_loader_u, counts[count_iter])
         yield TrainingPass(pairs, lambda pair: self.forward_backward(*pair))
 
     def parse_batch_train(self, batch_x, batch_u):
